@@ -1,0 +1,28 @@
+"""The 19 Cityscapes training classes every model here predicts, and their standard palette."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["CITYSCAPES_CLASSES", "CITYSCAPES_PALETTE", "IGNORE_INDEX", "colorize"]
+
+IGNORE_INDEX = 255
+
+CITYSCAPES_CLASSES: tuple[str, ...] = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+)
+
+# RGB, as in cityscapesscripts' label table.
+CITYSCAPES_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
+    (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
+    (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
+)
+
+
+def colorize(labels: np.ndarray, palette: tuple[tuple[int, int, int], ...] = CITYSCAPES_PALETTE) -> np.ndarray:
+    """Map an (H, W) uint8 label image to (H, W, 3) uint8 RGB; ignore (255) and unknown ids become black."""
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
+    return lut[labels]

@@ -1,0 +1,62 @@
+"""One ament_python package (colcon builds it) and one pip-installable project.
+
+colcon/ament needs: the ``resource/mfuser_ros`` marker, ``package.xml`` under share/, launch and config
+data files, and console scripts installed into ``lib/mfuser_ros`` (see setup.cfg) so ``ros2 run`` finds them.
+"""
+
+from __future__ import annotations
+
+from glob import glob
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+PACKAGE = "mfuser_ros"
+
+# Every dependency is pinned: the node runs on vehicles where an unplanned upgrade is a regression.
+# torch/torchvision are the pair that imports cleanly together on the project's machines.
+CORE = [
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "timm==1.0.31",
+    "open_clip_torch==3.3.0",
+    "einops==0.8.2",
+    "numpy==2.4.6",
+    "opencv-python-headless==5.0.0.93",
+    "pyyaml==6.0.4",
+    "safetensors==0.8.0",
+    "tqdm==4.70.1",
+    "ftfy==6.3.1",
+    "regex==2026.11.19",
+]
+EXTRAS = {
+    # CUDA kernels: only on a CUDA torch (their setup builds a URL from torch.version.cuda).
+    "cuda": ["mamba-ssm==2.3.2", "causal-conv1d==1.7.0"],
+    "export": ["onnx==1.23.2", "onnxruntime==1.32.0", "onnxscript==0.7.2"],
+    "ros": ["rosbags==0.11.9", "rosbags-image==0.10.4", "cyclonedds==11.0.1"],
+    "train": ["tensorboard==2.21.0", "cityscapesscripts==2.3.0", "scipy==1.17.1"],
+    "dev": ["pytest==9.2.0", "pytest-timeout==2.4.0", "hypothesis==6.170.17", "ruff==0.17.6"],
+}
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="MFuser domain-generalized semantic segmentation: model library, training and a ROS 2 node",
+    long_description=Path("README.md").read_text(encoding="utf-8") if Path("README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mfuser_model*", "mfuser_ros*", "training*"]),
+    include_package_data=True,
+    package_data={"mfuser_model": ["presets/*.yaml"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+    ],
+    install_requires=CORE,
+    extras_require=EXTRAS,
+    zip_safe=False,
+    entry_points={"console_scripts": []},
+)
