@@ -16,7 +16,7 @@ import yaml
 
 from mfuser_model.errors import ConfigError
 
-__all__ = ["dataclass_from_dict", "dataclass_to_dict", "load_yaml", "load_dataclass", "parse_override"]
+__all__ = ["dataclass_from_dict", "dataclass_to_dict", "load_dataclass", "load_yaml", "parse_override"]
 
 T = TypeVar("T")
 
@@ -97,7 +97,7 @@ def dataclass_from_dict(cls: type[T], data: Any, where: str = "<config>") -> T:
     return _convert(cls, data, where, "")
 
 
-def _convert(tp: Any, value: Any, where: str, key: str) -> Any:  # noqa: C901, PLR0911, PLR0912
+def _convert(tp: Any, value: Any, where: str, key: str) -> Any:  # noqa: PLR0911, PLR0912
     label = key or "<top>"
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
@@ -157,7 +157,7 @@ def _convert(tp: Any, value: Any, where: str, key: str) -> Any:  # noqa: C901, P
             if len(args) != len(value):
                 msg = f"{where}: {label}: expected {len(args)} items, found {len(value)}"
                 raise ConfigError(msg)
-            return tuple(_convert(a, v, where, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+            return tuple(_convert(a, v, where, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
         item = args[0] if args else Any
         items = [_convert(item, v, where, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items

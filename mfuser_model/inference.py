@@ -1,0 +1,157 @@
+"""Inference for everything downstream: numpy RGB in, uint8 labels (and confidence) out.
+
+Two modes, as the reference evaluates:
+- ``whole``: the image at its own size (padded to a multiple of the token grid's pooling step), one forward.
+- ``slide``: ``crop_size`` windows every ``stride`` pixels (512 / 341 in the paper); per-window class scores
+  are averaged where windows overlap. Windows of a small image are padded to the crop size.
+The text encoder's output is cached between calls (see :class:`mfuser_model.text.PromptTextEncoder`), so only
+the image-dependent parts run per window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Literal, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mfuser_model.errors import ConfigError
+from mfuser_model.preprocess import normalize
+
+__all__ = ["Precision", "SegmentationResult", "Segmenter", "slide_scores", "whole_scores"]
+
+Precision = Literal["fp32", "fp16", "bf16"]
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, H, W) normalised -> (B, K, H, W) scores
+
+
+class SegmentationResult(NamedTuple):
+    """One image's prediction."""
+
+    labels: np.ndarray  # (H, W) uint8 class ids
+    confidence: np.ndarray  # (H, W) float32 in [0, 1]: the winning class's share of the class scores
+
+
+def _pad_to(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    pad_h, pad_w = height - images.shape[-2], width - images.shape[-1]
+    if pad_h == 0 and pad_w == 0:
+        return images
+    return F.pad(images, (0, pad_w, 0, pad_h))  # zero = the dataset mean after normalisation
+
+
+def whole_scores(score_fn: ScoreFn, images: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Scores of whole images, padded up to a multiple of ``multiple`` and cropped back: (B, K, H, W)."""
+    h, w = images.shape[-2:]
+    ph, pw = -(-h // multiple) * multiple, -(-w // multiple) * multiple
+    return score_fn(_pad_to(images, ph, pw))[..., :h, :w]
+
+
+def slide_scores(score_fn: ScoreFn, images: torch.Tensor, crop_size: int, stride: int,
+                 num_classes: int) -> torch.Tensor:
+    """Sliding-window scores (mmseg's ``slide_inference``): windows clipped to the image, averaged on overlap."""
+    b, _, h, w = images.shape
+    rows = max(h - crop_size + stride - 1, 0) // stride + 1
+    cols = max(w - crop_size + stride - 1, 0) // stride + 1
+    total = images.new_zeros((b, num_classes, h, w))
+    count = images.new_zeros((1, 1, h, w))
+    for r in range(rows):
+        for c in range(cols):
+            y2, x2 = min(r * stride + crop_size, h), min(c * stride + crop_size, w)
+            y1, x1 = max(y2 - crop_size, 0), max(x2 - crop_size, 0)
+            window = _pad_to(images[:, :, y1:y2, x1:x2], crop_size, crop_size)
+            total[:, :, y1:y2, x1:x2] += score_fn(window)[:, :, : y2 - y1, : x2 - x1].float()
+            count[:, :, y1:y2, x1:x2] += 1
+    return total / count
+
+
+class Segmenter:
+    """Wraps an MFuser (or anything with its ``predict``) for numpy-in, labels-out use.
+
+    Args:
+        model: an :class:`~mfuser_model.mfuser.MFuser`; it is put in eval mode and moved to ``device``.
+        mode: ``"whole"`` or ``"slide"``.
+        crop_size, stride: the sliding window (defaults: the model's training crop, and 2/3 of it).
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (autocast; fp16 needs CUDA).
+    """
+
+    def __init__(self, model: torch.nn.Module, *, mode: Literal["whole", "slide"] = "whole",
+                 crop_size: int | None = None, stride: int | None = None, device: str = "cpu",
+                 precision: Precision = "fp32") -> None:
+        if mode not in ("whole", "slide"):
+            msg = f"mode must be 'whole' or 'slide', got {mode!r}"
+            raise ConfigError(msg)
+        if precision not in ("fp32", "fp16", "bf16"):
+            msg = f"precision must be 'fp32', 'fp16' or 'bf16', got {precision!r}"
+            raise ConfigError(msg)
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            msg = f"device {device!r} requested but CUDA is not available"
+            raise ConfigError(msg)
+        if precision == "fp16" and self.device.type != "cuda":
+            msg = "precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on the CPU"
+            raise ConfigError(msg)
+        self.model = model.to(self.device).eval()
+        config = model.config
+        self.mode = mode
+        self.crop_size = crop_size or config.crop_size
+        self.stride = stride or max(1, (self.crop_size * 2) // 3)
+        self.precision = precision
+        self.num_classes = config.num_classes
+        # The pyramid's max-pool halves the token grid, so whole images are padded to 2 patches.
+        self.multiple = 2 * config.patch_size
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    @torch.no_grad()
+    def scores(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised images -> (B, K, H, W) float32 class scores."""
+        images = images.to(self.device)
+        with self._autocast():
+            if self.mode == "whole":
+                out = whole_scores(self.model.predict, images, self.multiple)
+            else:
+                out = slide_scores(self.model.predict, images, self.crop_size, self.stride, self.num_classes)
+        return out.float()
+
+    def segment_batch(self, images: Sequence[np.ndarray],
+                      output_sizes: Sequence[tuple[int, int] | None] | None = None) -> list[SegmentationResult]:
+        """Segment (H, W, 3) uint8 RGB images. Images of equal size run as one batch.
+
+        Args:
+            images: the images; sizes may differ.
+            output_sizes: per image, the (height, width) of the outputs (default: the image's own size).
+        """
+        sizes = list(output_sizes) if output_sizes is not None else [None] * len(images)
+        if len(sizes) != len(images):
+            msg = f"got {len(images)} images but {len(sizes)} output sizes"
+            raise ValueError(msg)
+        results: list[SegmentationResult | None] = [None] * len(images)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(images):
+            groups.setdefault(tuple(image.shape), []).append(i)
+        for indices in groups.values():
+            batch = normalize([images[i] for i in indices], device=self.device)
+            scores = self.scores(batch)
+            for row, i in enumerate(indices):
+                results[i] = _to_result(scores[row: row + 1], sizes[i])
+        return results  # type: ignore[return-value]
+
+    def segment(self, image: np.ndarray, output_size: tuple[int, int] | None = None) -> SegmentationResult:
+        """Segment one (H, W, 3) uint8 RGB image."""
+        return self.segment_batch([image], [output_size])[0]
+
+
+def _to_result(scores: torch.Tensor, size: tuple[int, int] | None) -> SegmentationResult:
+    if size is not None and tuple(size) != tuple(scores.shape[-2:]):
+        scores = F.interpolate(scores, size=tuple(size), mode="bilinear", align_corners=False)
+    scores = scores[0].clamp_min(0)
+    best, labels = scores.max(dim=0)
+    confidence = best / scores.sum(dim=0).clamp_min(1e-12)
+    return SegmentationResult(labels.to(torch.uint8).cpu().numpy(), confidence.cpu().numpy().astype(np.float32))
