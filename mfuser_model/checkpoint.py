@@ -1,0 +1,127 @@
+"""Whole-model files: one safetensors file that holds an MFuser and everything needed to rebuild it.
+
+The file carries every tensor (frozen encoders included) and, in the safetensors metadata, the model config
+(preset numbers, class names, palette) as JSON. The node, replay and evaluation load it with no other file and
+no tokenizer: the class-name token ids are a tensor in the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from mfuser_model.config import ModelConfig, load_model_config
+from mfuser_model.config_io import dataclass_from_dict, dataclass_to_dict
+from mfuser_model.errors import CheckpointError, ConfigError
+from mfuser_model.mfuser import MFuser, build_mfuser
+
+__all__ = ["FORMAT", "build_model", "load_model", "read_model_metadata", "save_model"]
+
+FORMAT = "mfuser-model/1"
+
+
+def save_model(model: MFuser, path: str | Path, extra_metadata: dict[str, str] | None = None) -> Path:
+    """Write ``model`` to ``path`` atomically (temp file in the same folder, then ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": FORMAT, "config": json.dumps(dataclass_to_dict(model.config))}
+    metadata.update(extra_metadata or {})
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_model_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a whole-model file, without loading its tensors."""
+    from safetensors import safe_open  # noqa: PLC0415
+
+    path = Path(path)
+    if not path.is_file():
+        msg = f"{path}: model file not found"
+        raise CheckpointError(msg)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        msg = f"{path}: not a readable safetensors file ({err})"
+        raise CheckpointError(msg) from None
+    if metadata.get("format") != FORMAT:
+        msg = f"{path}: not an MFuser model file (metadata format {metadata.get('format')!r}, expected {FORMAT!r})"
+        raise CheckpointError(msg)
+    return metadata
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> MFuser:
+    """Rebuild an MFuser from a file written by :func:`save_model` (or ``mfuser-convert``)."""
+    path = Path(path)
+    metadata = read_model_metadata(path)
+    try:
+        config = dataclass_from_dict(ModelConfig, json.loads(metadata["config"]), where=f"{path} [config]")
+    except (KeyError, json.JSONDecodeError) as err:
+        msg = f"{path}: model config in the metadata is missing or corrupt ({err})"
+        raise CheckpointError(msg) from None
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        msg = f"{path}: cannot read tensors ({err})"
+        raise CheckpointError(msg) from None
+    if "text_encoder.token_ids" not in tensors:
+        msg = f"{path}: missing key 'text_encoder.token_ids'"
+        raise CheckpointError(msg)
+    # Built on the CPU, not on the meta device: timm's RoPE tables and open_clip's causal mask are
+    # non-persistent buffers that must be computed, not loaded.
+    model = build_mfuser(config, token_ids=tensors["text_encoder.token_ids"])
+    load_state_dict_strict(model, tensors, path)
+    return model.to(device)
+
+
+def load_state_dict_strict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load every parameter and buffer; any missing, unexpected or mis-shaped key is a CheckpointError."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        msg = (f"{source}: state dict does not match the model: {len(missing)} missing "
+               f"(first: {missing[:3]}), {len(unexpected)} unexpected (first: {unexpected[:3]})")
+        raise CheckpointError(msg)
+    for key, value in expected.items():
+        if tuple(value.shape) != tuple(tensors[key].shape):
+            msg = (f"{source}: key {key!r}: expected shape {tuple(value.shape)}, "
+                   f"found {tuple(tensors[key].shape)}")
+            raise CheckpointError(msg)
+    model.load_state_dict(tensors, strict=True)
+
+
+def build_model(preset: str | Path | None = None, checkpoint: str | Path | None = None,
+                device: str | torch.device = "cpu", overrides: dict[str, Any] | None = None) -> MFuser:
+    """The one entry point for the node, replay and tools.
+
+    - ``checkpoint`` is a whole-model file: load it (``preset``, if given, must match its name).
+    - only ``preset``: a randomly initialised model of that preset (for tests, or before training).
+    """
+    if checkpoint is not None:
+        model = load_model(checkpoint, device)
+        if preset is not None and Path(str(preset)).suffix == "" and model.config.name != str(preset):
+            msg = f"{checkpoint}: holds preset {model.config.name!r}, but preset {str(preset)!r} was requested"
+            raise ConfigError(msg)
+        return model
+    if preset is None:
+        msg = "give a preset name or a model checkpoint"
+        raise ConfigError(msg)
+    return build_mfuser(load_model_config(preset, overrides), device=device)
