@@ -58,5 +58,8 @@ setup(
     install_requires=CORE,
     extras_require=EXTRAS,
     zip_safe=False,
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": [
+        "mfuser_node = mfuser_ros.node:main",
+        "mfuser-node = mfuser_ros.cli:main",
+    ]},
 )

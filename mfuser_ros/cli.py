@@ -1,0 +1,111 @@
+"""``mfuser-node``: run the segmentation node over bare DDS (no ROS 2 install needed) or through rclpy.
+
+Examples::
+
+    mfuser-node --transport dds --config config/mfuser_node.yaml -p image_topics='[front/image_raw]'
+    mfuser-node --transport ros --config config/mfuser_node.yaml   # same as ros2 run mfuser_ros mfuser_node
+
+The DDS transport uses the ROS 2 wire conventions, so ROS 2 nodes on the same ``--domain-id`` (ROS_DOMAIN_ID) see
+its topics. Cyclone's network settings come from ``CYCLONEDDS_URI``; ``--loopback`` pins them to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from mfuser_model.config_io import parse_override
+from mfuser_model.errors import MFuserError
+from mfuser_ros.config import NodeConfig, load_node_config, node_config_from_params
+
+__all__ = ["build_parser", "main"]
+
+READY_LINE = "mfuser-node: ready"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(prog="mfuser-node", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--transport", choices=("dds", "ros"), default="dds",
+                        help="dds: cyclonedds, no ROS 2 needed; ros: the rclpy lifecycle node")
+    parser.add_argument("--config", type=Path, help="ROS 2 parameter file (default: built-in defaults)")
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="override one parameter; VALUE is YAML (repeatable)")
+    parser.add_argument("--namespace", default="/", help="node namespace for relative topic names")
+    parser.add_argument("--node-name", default="mfuser_node")
+    parser.add_argument("--domain-id", type=int, default=int(os.environ.get("ROS_DOMAIN_ID", "0")),
+                        help="DDS domain (default: $ROS_DOMAIN_ID or 0)")
+    parser.add_argument("--loopback", action="store_true", help="keep DDS traffic on 127.0.0.1 (sets CYCLONEDDS_URI)")
+    parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until ^C)")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> NodeConfig:
+    overrides = dict(parse_override(p) for p in args.param)
+    if args.config is not None:
+        return load_node_config(args.config, overrides, node_name=args.node_name)
+    return node_config_from_params(overrides, where="command line")
+
+
+def _run_dds(args: argparse.Namespace, config: NodeConfig) -> int:
+    if args.loopback:
+        from mfuser_ros.dds import loopback_uri  # noqa: PLC0415 - cyclonedds is optional
+
+        os.environ["CYCLONEDDS_URI"] = loopback_uri()
+    from mfuser_ros.dds import DdsSegmentationNode  # noqa: PLC0415 - cyclonedds is optional
+    from mfuser_ros.model_loader import load_model  # noqa: PLC0415 - torch import only when running
+
+    loaded = load_model(config)
+    if config.warmup:
+        loaded.pipeline.warmup(*(config.output_size or (config.crop_size, config.crop_size)))
+
+    def warn(message: str) -> None:
+        print(f"[WARN] {message}", file=sys.stderr, flush=True)
+
+    node = DdsSegmentationNode(config, loaded.pipeline, domain_id=args.domain_id, namespace=args.namespace,
+                               node_name=args.node_name, class_names=loaded.class_names, warn=warn)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    node.start()
+    print(READY_LINE, flush=True)
+    deadline = time.monotonic() + args.duration if args.duration > 0 else None
+    while not stop.wait(0.2):
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+    node.stop()
+    for camera, stats in zip(node.cameras, node.worker.stats, strict=True):
+        snap = stats.snapshot()
+        print(f"mfuser-node: camera '{camera}': in {snap.frames_in}, out {snap.frames_out}, "
+              f"dropped {snap.dropped}, errors {snap.errors}", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``mfuser-node``; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    if args.transport == "ros":
+        from mfuser_ros import node  # noqa: PLC0415 - rclpy only for this transport
+
+        ros_args = ["--ros-args", "-r", f"__ns:={args.namespace}", "-r", f"__node:={args.node_name}"]
+        if args.config is not None:
+            ros_args += ["--params-file", str(args.config)]
+        for item in args.param:
+            ros_args += ["-p", item.replace("=", ":=", 1)]
+        node.main(ros_args)
+        return 0
+    try:
+        config = _config(args)
+        return _run_dds(args, config)
+    except MFuserError as err:
+        print(f"mfuser-node: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""The node's configuration: one frozen dataclass, loaded strictly from a ROS 2 parameter file.
+
+Every transport (rclpy, bare DDS, replay) builds the same :class:`NodeConfig`; defaults live here and the shipped
+values in ``config/mfuser_node.yaml``. Validation happens in ``__post_init__`` so an invalid value fails at configure
+with a :class:`ConfigError` naming the parameter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from mfuser_model.config_io import dataclass_from_dict, load_yaml
+from mfuser_model.errors import ConfigError
+
+__all__ = [
+    "NodeConfig",
+    "QosName",
+    "camera_namespace",
+    "is_compressed_topic",
+    "load_node_config",
+    "node_config_from_params",
+    "output_topic",
+    "parameter_defaults",
+]
+
+QosName = Literal["sensor_data", "reliable", "best_effort", "system_default"]
+
+# ROS 2 name rules (rcl_validate_topic_name), simplified: tokens of [A-Za-z0-9_], separated by single '/',
+# optionally starting with '/' or '~/', not starting a token with a digit.
+_TOPIC_RE = re.compile(r"^(~/|/)?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
+_DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything the segmentation node reads at configure time. A change means a reconfigure.
+
+    Attributes:
+        image_topics: input camera topics; a name ending in ``/compressed`` is a sensor_msgs/CompressedImage,
+            any other a sensor_msgs/Image. Outputs go to ``<camera>/mfuser/...`` where ``<camera>`` is the topic's
+            namespace (``front/image_raw`` -> ``front``) unless ``camera_names`` says otherwise.
+        camera_names: optional output namespace per topic (same length as ``image_topics``).
+        input_qos / input_qos_depth: reliability profile and history depth of the image subscriptions.
+        output_qos / output_qos_depth: the same for the label, colour, overlay and confidence publishers.
+        preset / checkpoint: model preset name and weight file (empty: random weights, for tests only).
+        device: ``cpu`` or ``cuda[:N]``. precision: ``fp32``, ``fp16`` or ``bf16``.
+        decoder_backend: ``torch``, ``onnxruntime`` or ``tensorrt`` (passed to the model factory).
+        inference_mode / crop_size / stride: whole-image or sliding-window inference.
+        output_width / output_height: size of every output image; 0 and 0 = the input's size.
+        overlay_alpha: weight of the colour mask in the overlay image.
+        max_width / max_height: larger (declared or decoded) images are rejected as malformed.
+        max_batch: most frames (one per camera) that go through the model together.
+        load_model_on: lifecycle transition that loads the model (``configure`` or ``activate``).
+        warmup: run one frame through the model at activation, so the first real frame is not slow.
+        autostart: the rclpy node configures and activates itself at start-up.
+        diagnostics_period_s / stats_window_s: /diagnostics publishing period and statistics window.
+        latency_warn_ms / latency_error_ms: p95 latency (now - header.stamp) giving WARN / ERROR.
+        min_output_fps_warn: WARN when a camera with input publishes slower than this (0 disables).
+        log_throttle_s: at most one log line per camera and error kind in this period.
+    """
+
+    image_topics: tuple[str, ...] = ("camera/image_raw",)
+    camera_names: tuple[str, ...] = ()
+    input_qos: QosName = "sensor_data"
+    input_qos_depth: int = 1
+    output_qos: QosName = "reliable"
+    output_qos_depth: int = 1
+    preset: str = "tiny-eva02"
+    checkpoint: str = ""
+    device: str = "cpu"
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    decoder_backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
+    inference_mode: Literal["whole", "slide"] = "whole"
+    crop_size: int = 512
+    stride: int = 341
+    output_width: int = 0
+    output_height: int = 0
+    overlay_alpha: float = 0.5
+    max_width: int = 4096
+    max_height: int = 4096
+    max_batch: int = 4
+    load_model_on: Literal["configure", "activate"] = "activate"
+    warmup: bool = True
+    autostart: bool = True
+    diagnostics_period_s: float = 1.0
+    stats_window_s: float = 5.0
+    latency_warn_ms: float = 500.0
+    latency_error_ms: float = 2000.0
+    min_output_fps_warn: float = 0.0
+    log_throttle_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        """Check values that types alone cannot; each error names the parameter."""
+        _check(len(self.image_topics) > 0, "image_topics", self.image_topics, "must list at least one topic")
+        for topic in self.image_topics:
+            _check(bool(_TOPIC_RE.match(topic)), "image_topics", topic, "is not a valid ROS 2 topic name")
+        if self.camera_names:
+            _check(len(self.camera_names) == len(self.image_topics), "camera_names", self.camera_names,
+                   f"must have one name per image topic ({len(self.image_topics)})")
+            for name in self.camera_names:
+                _check(name == "" or bool(_TOPIC_RE.match(name)), "camera_names", name, "is not a valid namespace")
+        namespaces = self.camera_namespaces()
+        _check(len(set(namespaces)) == len(namespaces), "camera_names", namespaces,
+               "two cameras would publish on the same output topics; set distinct camera_names")
+        for name in ("input_qos_depth", "output_qos_depth", "crop_size", "stride", "max_width", "max_height",
+                     "max_batch"):
+            _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        _check(self.stride <= self.crop_size, "stride", self.stride, f"must be <= crop_size ({self.crop_size})")
+        _check(bool(self.preset or self.checkpoint), "preset", self.preset,
+               "must name a preset when no checkpoint is given")
+        _check(bool(_DEVICE_RE.match(self.device)), "device", self.device, "must be 'cpu' or 'cuda[:N]'")
+        _check(self.output_width >= 0 and self.output_height >= 0, "output_width/output_height",
+               (self.output_width, self.output_height), "must be >= 0")
+        _check((self.output_width == 0) == (self.output_height == 0), "output_width/output_height",
+               (self.output_width, self.output_height), "set both (fixed output size) or neither (input size)")
+        _check(0.0 <= self.overlay_alpha <= 1.0, "overlay_alpha", self.overlay_alpha, "must be in [0, 1]")
+        for name in ("diagnostics_period_s", "stats_window_s", "latency_warn_ms", "log_throttle_s"):
+            _check(getattr(self, name) > 0, name, getattr(self, name), "must be > 0")
+        _check(self.latency_error_ms >= self.latency_warn_ms, "latency_error_ms", self.latency_error_ms,
+               f"must be >= latency_warn_ms ({self.latency_warn_ms})")
+        _check(self.min_output_fps_warn >= 0, "min_output_fps_warn", self.min_output_fps_warn, "must be >= 0")
+
+    @property
+    def output_size(self) -> tuple[int, int] | None:
+        """Fixed (height, width) of every output, or None for the input's own size."""
+        return (self.output_height, self.output_width) if self.output_width else None
+
+    def camera_namespaces(self) -> list[str]:
+        """Output namespace of each camera, in ``image_topics`` order."""
+        if self.camera_names:
+            return list(self.camera_names)
+        return [camera_namespace(t) for t in self.image_topics]
+
+
+def _check(ok: bool, name: str, value: Any, why: str) -> None:
+    if not ok:
+        msg = f"parameter {name!r}: value {value!r} {why}"
+        raise ConfigError(msg)
+
+
+def is_compressed_topic(topic: str) -> bool:
+    """image_transport convention: ``<image>/compressed`` carries sensor_msgs/CompressedImage."""
+    return topic.rstrip("/").endswith("/compressed") or topic == "compressed"
+
+
+def camera_namespace(topic: str) -> str:
+    """The camera a topic belongs to: its namespace (``front/image_raw/compressed`` -> ``front``)."""
+    topic = topic.rstrip("/")
+    if is_compressed_topic(topic):
+        topic = topic[: -len("compressed")].rstrip("/")
+    return topic.rsplit("/", 1)[0] if "/" in topic else ""
+
+
+def output_topic(camera: str, kind: str) -> str:
+    """Relative output topic ``<camera>/mfuser/<kind>`` (``mfuser/<kind>`` for a camera without namespace)."""
+    return f"{camera}/mfuser/{kind}" if camera else f"mfuser/{kind}"
+
+
+def node_config_from_params(params: dict[str, Any], where: str = "<parameters>") -> NodeConfig:
+    """Build a NodeConfig from a flat parameter mapping (rclpy values or a parsed YAML section).
+
+    Raises:
+        ConfigError: unknown parameter, wrong type or invalid value; the message names it.
+    """
+    return dataclass_from_dict(NodeConfig, dict(params), where=where)
+
+
+def load_node_config(path: str | Path, overrides: dict[str, Any] | None = None, node_name: str = "") -> NodeConfig:
+    """Load the ``ros__parameters`` of a ROS 2 parameter file (``/**:`` or the node's own name section).
+
+    Args:
+        path: YAML file in ROS 2 parameter-file layout.
+        overrides: parameter values that replace the file's (e.g. from the command line).
+        node_name: also accept a section keyed by this node name (after ``/**``, so it wins).
+
+    Raises:
+        ConfigError: the file is missing or malformed, or a parameter is unknown or invalid.
+    """
+    data = load_yaml(path)
+    params: dict[str, Any] = {}
+    sections = [k for k in ("/**", node_name, f"/{node_name}") if k and k in data]
+    unknown = sorted(set(data) - {"/**", node_name, f"/{node_name}"})
+    if unknown:
+        msg = f"{path}: unexpected top-level key {unknown[0]!r}; expected '/**' (or the node name) -> ros__parameters"
+        raise ConfigError(msg)
+    for key in sections:
+        section = data[key]
+        if not isinstance(section, dict) or set(section) != {"ros__parameters"}:
+            msg = f"{path}: section {key!r} must contain exactly one key 'ros__parameters'"
+            raise ConfigError(msg)
+        if not isinstance(section["ros__parameters"], dict):
+            msg = f"{path}: {key}.ros__parameters must be a mapping"
+            raise ConfigError(msg)
+        params.update(section["ros__parameters"])
+    params.update(overrides or {})
+    return node_config_from_params(params, where=str(path))
+
+
+def parameter_defaults() -> dict[str, Any]:
+    """Every parameter with its default, in declaration order (the rclpy node declares these)."""
+    defaults = {}
+    for field in dataclasses.fields(NodeConfig):
+        value = field.default
+        defaults[field.name] = list(value) if isinstance(value, tuple) else value
+    return defaults

@@ -1,0 +1,354 @@
+"""The segmentation node over bare DDS (cyclonedds), for machines without ROS 2.
+
+Speaks the ROS 2 wire conventions of rmw_cyclonedds, so ROS 2 nodes see it as one of their own
+(``_CREATED_BY_BARE_DDS_APP_`` in ``ros2 topic info -v``):
+
+- topic ``/ns/name`` is DDS topic ``rt/ns/name``;
+- type ``sensor_msgs/msg/Image`` is ``sensor_msgs::msg::dds_::Image_``; structs are *final* (plain CDR, XCDR1) -
+  an appendable type would switch to XCDR2 and silently never match ROS 2;
+- QoS as ROS 2 profiles: sensor-data = best effort, keep last N, volatile.
+
+The stock ``sequence[uint8]`` serializer packs one Python int per byte (~110 ms for a 640x480 rgb8 frame);
+:class:`_ByteSequenceMachine` writes the same bytes in one block (wire format unchanged, tested against rosbags'
+CDR). cyclonedds is an optional dependency (``pip install '.[ros]'``); it is imported when this module is.
+
+Keep this transport in its own process: loading a second Cyclone library into an rclpy process can abort.
+"""
+
+# No ``from __future__ import annotations`` here: cyclonedds evaluates the IdlStruct field annotations at runtime
+# and cannot resolve ``types.uint32`` from a string.
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+try:
+    from cyclonedds.core import Listener, Policy, Qos
+    from cyclonedds.domain import DomainParticipant
+    from cyclonedds.idl import IdlStruct, types
+    from cyclonedds.idl._machinery import PlainCdrV2SequenceOfPrimitiveMachine
+    from cyclonedds.pub import DataWriter
+    from cyclonedds.sub import DataReader
+    from cyclonedds.topic import Topic
+    from cyclonedds.util import duration
+except ImportError as err:  # pragma: no cover - exercised only without the [ros] extra
+    msg = "mfuser_ros.dds needs cyclonedds: pip install 'cyclonedds==11.0.1' (or the project's [ros] extra)"
+    raise ImportError(msg) from err
+
+import numpy as np
+
+from mfuser_model.classes import CITYSCAPES_CLASSES
+from mfuser_ros.config import NodeConfig, is_compressed_topic, output_topic
+from mfuser_ros.conversions import OutputImage
+from mfuser_ros.errors import TransportError
+from mfuser_ros.pipeline import CameraOutputs, FrameWorker, SegmentationPipeline, Wanted
+from mfuser_ros.stats import DiagnosticStatusData, DiagnosticThresholds
+
+__all__ = [
+    "CompressedImage_",
+    "DdsSegmentationNode",
+    "DiagnosticArray_",
+    "Header_",
+    "Image_",
+    "LabelInfo_",
+    "Time_",
+    "dds_qos",
+    "dds_topic_name",
+    "loopback_uri",
+]
+
+
+# ---- ROS 2 message types as DDS IDL (field order = .msg order; that order is the wire format) ----------------
+
+@dataclass
+class Time_(IdlStruct, typename="builtin_interfaces.msg.dds_.Time_"):  # noqa: N801 - DDS type names
+    """builtin_interfaces/Time."""
+
+    sec: types.int32 = 0
+    nanosec: types.uint32 = 0
+
+
+@dataclass
+class Header_(IdlStruct, typename="std_msgs.msg.dds_.Header_"):  # noqa: N801
+    """std_msgs/Header."""
+
+    stamp: Time_ = field(default_factory=Time_)
+    frame_id: str = ""
+
+
+@dataclass
+class Image_(IdlStruct, typename="sensor_msgs.msg.dds_.Image_"):  # noqa: N801
+    """sensor_msgs/Image; ``data`` is bytes (or any uint8 buffer when writing)."""
+
+    header: Header_ = field(default_factory=Header_)
+    height: types.uint32 = 0
+    width: types.uint32 = 0
+    encoding: str = ""
+    is_bigendian: types.uint8 = 0
+    step: types.uint32 = 0
+    data: types.sequence[types.uint8] = b""
+
+
+@dataclass
+class CompressedImage_(IdlStruct, typename="sensor_msgs.msg.dds_.CompressedImage_"):  # noqa: N801
+    """sensor_msgs/CompressedImage."""
+
+    header: Header_ = field(default_factory=Header_)
+    format: str = ""
+    data: types.sequence[types.uint8] = b""
+
+
+@dataclass
+class KeyValue_(IdlStruct, typename="diagnostic_msgs.msg.dds_.KeyValue_"):  # noqa: N801
+    """diagnostic_msgs/KeyValue."""
+
+    key: str = ""
+    value: str = ""
+
+
+@dataclass
+class DiagnosticStatus_(IdlStruct, typename="diagnostic_msgs.msg.dds_.DiagnosticStatus_"):  # noqa: N801
+    """diagnostic_msgs/DiagnosticStatus (``byte level`` is an IDL octet)."""
+
+    level: types.uint8 = 0
+    name: str = ""
+    message: str = ""
+    hardware_id: str = ""
+    values: types.sequence[KeyValue_] = field(default_factory=list)
+
+
+@dataclass
+class DiagnosticArray_(IdlStruct, typename="diagnostic_msgs.msg.dds_.DiagnosticArray_"):  # noqa: N801
+    """diagnostic_msgs/DiagnosticArray."""
+
+    header: Header_ = field(default_factory=Header_)
+    status: types.sequence[DiagnosticStatus_] = field(default_factory=list)
+
+
+@dataclass
+class VisionClass_(IdlStruct, typename="vision_msgs.msg.dds_.VisionClass_"):  # noqa: N801
+    """vision_msgs/VisionClass."""
+
+    class_id: types.uint16 = 0
+    class_name: str = ""
+
+
+@dataclass
+class LabelInfo_(IdlStruct, typename="vision_msgs.msg.dds_.LabelInfo_"):  # noqa: N801
+    """vision_msgs/LabelInfo."""
+
+    header: Header_ = field(default_factory=Header_)
+    class_map: types.sequence[VisionClass_] = field(default_factory=list)
+    threshold: types.float32 = 0.0
+
+
+class _ByteSequenceMachine(PlainCdrV2SequenceOfPrimitiveMachine):
+    """``sequence<uint8>`` written and read as one block: uint32 length (4-aligned) then the raw bytes.
+
+    Same bytes on the wire as the stock machine; subclassing keeps cyclonedds' XCDR2 length-code logic intact.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(types.uint8)
+
+    def serialize(self, buffer: Any, value: Any, serialize_kind: Any = None, key_enabled: Any = None) -> None:
+        """Write the length then the payload in one copy."""
+        view = memoryview(value).cast("B") if not isinstance(value, np.ndarray) else memoryview(
+            np.ascontiguousarray(value, dtype=np.uint8).reshape(-1))
+        buffer.align(4)
+        buffer.write("I", 4, view.nbytes)
+        if view.nbytes:
+            buffer.write_bytes(view)
+
+    def deserialize(self, buffer: Any, deserialize_kind: Any = None, key_enabled: Any = None) -> bytes:
+        """Read the length then the payload as bytes."""
+        buffer.align(4)
+        length = buffer.read("I", 4)
+        return buffer.read_bytes(length) if length else b""
+
+
+def _install_byte_machines(cls: type, field_name: str = "data") -> None:
+    idl = cls.__idl__
+    idl.populate()
+    for machine in (idl.v1_machine, idl.v2_machine):
+        members = machine.members_machines
+        if not isinstance(members[field_name], PlainCdrV2SequenceOfPrimitiveMachine):
+            msg = f"{cls.__name__}.{field_name}: unexpected cyclonedds machine {type(members[field_name]).__name__}"
+            raise TransportError(msg)
+        members[field_name] = _ByteSequenceMachine()
+
+
+_install_byte_machines(Image_)
+_install_byte_machines(CompressedImage_)
+
+
+# ---- naming, QoS, network ------------------------------------------------------------------------------------
+
+def dds_topic_name(name: str, namespace: str = "/", node_name: str = "mfuser_node") -> str:
+    """Resolve a ROS 2 topic name (relative, absolute or ``~/``) and map it to its DDS topic ``rt/...``."""
+    namespace = "/" + namespace.strip("/") if namespace.strip("/") else ""
+    if name.startswith("/"):
+        full = name
+    elif name.startswith("~/"):
+        full = f"{namespace}/{node_name}/{name[2:]}"
+    else:
+        full = f"{namespace}/{name}"
+    return "rt" + full
+
+
+def dds_qos(profile: str, depth: int, transient_local: bool = False) -> Qos:
+    """QoS matching a ROS 2 profile name (see NodeConfig.input_qos)."""
+    policies = [Policy.History.KeepLast(depth),
+                Policy.Durability.TransientLocal if transient_local else Policy.Durability.Volatile]
+    if profile in ("sensor_data", "best_effort"):
+        policies.append(Policy.Reliability.BestEffort)
+    else:  # reliable, system_default (the ROS 2 default is reliable)
+        policies.append(Policy.Reliability.Reliable(duration(milliseconds=100)))
+    return Qos(*policies)
+
+
+def loopback_uri() -> str:
+    """CYCLONEDDS_URI keeping all traffic on loopback: interface ``lo``, no multicast, unicast peer 127.0.0.1.
+
+    ParticipantIndex auto gives each participant its own unicast port, so several processes on one host
+    discover each other through the peer list.
+    """
+    return (
+        "<CycloneDDS><Domain Id='any'><General><Interfaces><NetworkInterface name='lo'/></Interfaces>"
+        "<AllowMulticast>false</AllowMulticast></General>"
+        "<Discovery><ParticipantIndex>auto</ParticipantIndex><MaxAutoParticipantIndex>60</MaxAutoParticipantIndex>"
+        "<Peers><Peer address='127.0.0.1'/></Peers></Discovery></Domain></CycloneDDS>"
+    )
+
+
+def to_dds_time(ns: int) -> Time_:
+    """Integer nanoseconds -> builtin_interfaces/Time."""
+    return Time_(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+
+
+def to_dds_image(header: Any, image: OutputImage) -> Image_:
+    """An output image as a DDS Image_ carrying ``header`` (the input's) unchanged."""
+    return Image_(header=header, height=image.height, width=image.width, encoding=image.encoding,
+                  is_bigendian=0, step=image.step, data=image.data)
+
+
+def to_dds_diagnostics(statuses: list[DiagnosticStatusData], now_ns: int) -> DiagnosticArray_:
+    """Transport-free statuses -> DiagnosticArray_ stamped ``now_ns``."""
+    return DiagnosticArray_(
+        header=Header_(stamp=to_dds_time(now_ns), frame_id=""),
+        status=[DiagnosticStatus_(level=s.level, name=s.name, message=s.message, hardware_id=s.hardware_id,
+                                  values=[KeyValue_(k, v) for k, v in s.values.items()]) for s in statuses])
+
+
+# ---- the node ------------------------------------------------------------------------------------------------
+
+_KINDS = ("labels", "color", "overlay", "confidence")
+
+
+class _DdsSink:
+    """Output writers of every camera; optional outputs only while a reader is matched."""
+
+    def __init__(self, participant: DomainParticipant, config: NodeConfig, namespace: str, node_name: str) -> None:
+        qos = dds_qos(config.output_qos, config.output_qos_depth)
+        self.writers: list[dict[str, DataWriter]] = []
+        for camera in config.camera_namespaces():
+            writers = {}
+            for kind in _KINDS:
+                topic = Topic(participant, dds_topic_name(output_topic(camera, kind), namespace, node_name), Image_)
+                writers[kind] = DataWriter(participant, topic, qos=qos)
+            self.writers.append(writers)
+
+    def wanted(self, camera: int) -> Wanted:
+        writers = self.writers[camera]
+        return Wanted(*(writers[k].get_publication_matched_status().current_count > 0
+                        for k in ("color", "overlay", "confidence")))
+
+    def publish(self, outputs: CameraOutputs) -> None:
+        writers = self.writers[outputs.camera]
+        for kind in _KINDS:
+            image = getattr(outputs, kind)
+            if image is not None:
+                writers[kind].write(to_dds_image(outputs.header, image))
+
+
+class DdsSegmentationNode:
+    """The segmentation node on bare DDS: readers -> FrameWorker -> writers, plus /diagnostics and LabelInfo.
+
+    Args:
+        config: node configuration (topics, QoS, thresholds).
+        pipeline: a ready pipeline (model loaded).
+        domain_id: DDS domain (= ROS_DOMAIN_ID).
+        namespace / node_name: resolve relative topic names as a ROS 2 node with this name would.
+        class_names: published in vision_msgs/LabelInfo.
+        clock_ns: clock for latency and diagnostics stamps.
+    """
+
+    def __init__(self, config: NodeConfig, pipeline: SegmentationPipeline, *, domain_id: int = 0,
+                 namespace: str = "/", node_name: str = "mfuser_node",
+                 class_names: tuple[str, ...] = CITYSCAPES_CLASSES,
+                 clock_ns: Callable[[], int] = time.time_ns, warn: Callable[[str], None] = print) -> None:
+        self.config = config
+        self.node_name = node_name
+        self.clock_ns = clock_ns
+        self.participant = DomainParticipant(domain_id)
+        self.cameras = config.camera_namespaces()
+        self.sink = _DdsSink(self.participant, config, namespace, node_name)
+        self.worker = FrameWorker(pipeline, self.cameras, self.sink, clock_ns=clock_ns, warn=warn,
+                                  log_throttle_s=config.log_throttle_s, stats_window_s=config.stats_window_s)
+        self._limits = DiagnosticThresholds(config.latency_warn_ms, config.latency_error_ms,
+                                            config.min_output_fps_warn)
+        in_qos = dds_qos(config.input_qos, config.input_qos_depth)
+        self.readers = []
+        for index, topic_name in enumerate(config.image_topics):
+            msg_type = CompressedImage_ if is_compressed_topic(topic_name) else Image_
+            topic = Topic(self.participant, dds_topic_name(topic_name, namespace, node_name), msg_type)
+            listener = Listener(on_data_available=self._on_data(index))
+            self.readers.append(DataReader(self.participant, topic, qos=in_qos, listener=listener))
+        diag_topic = Topic(self.participant, dds_topic_name("/diagnostics"), DiagnosticArray_)
+        self.diagnostics_writer = DataWriter(self.participant, diag_topic, qos=dds_qos("reliable", 10))
+        latched = dds_qos("reliable", 1, transient_local=True)
+        self.label_info = LabelInfo_(class_map=[VisionClass_(i, n) for i, n in enumerate(class_names)])
+        self.label_writers = []
+        for camera in self.cameras:
+            topic = Topic(self.participant, dds_topic_name(output_topic(camera, "label_info"), namespace, node_name),
+                          LabelInfo_)
+            self.label_writers.append(DataWriter(self.participant, topic, qos=latched))
+        self._stop = threading.Event()
+        self._diag_thread: threading.Thread | None = None
+
+    def _on_data(self, camera: int) -> "Callable[[DataReader], None]":
+        def callback(reader: DataReader) -> None:
+            # Take everything queued; each newer sample replaces the older one in the latest slot (a counted drop).
+            for sample in reader.take(N=16):
+                self.worker.submit(camera, sample)
+        return callback
+
+    def start(self) -> None:
+        """Publish LabelInfo, start the worker and the diagnostics thread."""
+        stamp = to_dds_time(self.clock_ns())
+        for writer in self.label_writers:
+            self.label_info.header = Header_(stamp=stamp, frame_id="")
+            writer.write(self.label_info)
+        self._stop.clear()
+        self.worker.start()
+        self._diag_thread = threading.Thread(target=self._diagnostics_loop, name="mfuser-diagnostics", daemon=True)
+        self._diag_thread.start()
+
+    def publish_diagnostics(self) -> None:
+        """Publish one DiagnosticArray with a status per camera."""
+        statuses = self.worker.statuses(self.node_name, self._limits, active=self.worker.running)
+        self.diagnostics_writer.write(to_dds_diagnostics(statuses, self.clock_ns()))
+
+    def _diagnostics_loop(self) -> None:
+        while not self._stop.wait(self.config.diagnostics_period_s):
+            self.publish_diagnostics()
+
+    def stop(self) -> None:
+        """Stop threads (the participant is released when the object is garbage-collected)."""
+        self._stop.set()
+        self.worker.stop()
+        if self._diag_thread is not None:
+            self._diag_thread.join(5.0)
+            self._diag_thread = None

@@ -1,0 +1,80 @@
+"""Load and release the segmentation model for a NodeConfig (lifecycle configure/activate, CLI, replay)."""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mfuser_model import inference
+from mfuser_model.checkpoint import build_model
+from mfuser_model.errors import ConfigError
+from mfuser_ros.config import NodeConfig
+from mfuser_ros.pipeline import SegmentationPipeline
+
+__all__ = ["LoadedModel", "load_model", "release_model"]
+
+
+@dataclass
+class LoadedModel:
+    """A ready pipeline plus what the node publishes about the model."""
+
+    pipeline: SegmentationPipeline
+    class_names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    device: str
+
+
+def _check_device(device: str) -> None:
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            msg = f"parameter 'device': {device!r} requested but CUDA is not available on this machine"
+            raise ConfigError(msg)
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            msg = f"parameter 'device': {device!r} but only {torch.cuda.device_count()} CUDA device(s) exist"
+            raise ConfigError(msg)
+
+
+def _build_segmenter(model: Any, config: NodeConfig) -> Any:
+    kwargs = {"mode": config.inference_mode, "crop_size": config.crop_size, "stride": config.stride,
+              "device": config.device, "precision": config.precision}
+    if config.decoder_backend == "torch":
+        return inference.Segmenter(model, **kwargs)
+    # The onnxruntime and TensorRT decoders live on the model side; the node only passes the choice through.
+    factory = getattr(inference, "build_segmenter", None)
+    if factory is None:
+        msg = (f"parameter 'decoder_backend': {config.decoder_backend!r} needs "
+               "mfuser_model.inference.build_segmenter(model, decoder_backend=..., ...), which this mfuser_model "
+               "does not provide; use 'torch'")
+        raise ConfigError(msg)
+    return factory(model, decoder_backend=config.decoder_backend, **kwargs)
+
+
+def load_model(config: NodeConfig) -> LoadedModel:
+    """Build the model of ``config`` (preset and/or checkpoint) on its device and wrap it in a pipeline.
+
+    Raises:
+        ConfigError: unknown preset, device not available, unsupported precision/backend (names the parameter).
+        CheckpointError: the checkpoint file cannot be read or does not fit the preset.
+    """
+    _check_device(config.device)
+    model = build_model(config.preset or None, checkpoint=config.checkpoint or None, device=config.device)
+    segmenter = _build_segmenter(model, config)
+    model_config = model.config
+    pipeline = SegmentationPipeline.from_config(config, segmenter, palette=tuple(model_config.palette))
+    return LoadedModel(pipeline, tuple(model_config.class_names), tuple(model_config.palette), config.device)
+
+
+def release_model(loaded: LoadedModel | None) -> None:
+    """Drop the model and give its GPU memory back (deactivate / cleanup)."""
+    if loaded is None:
+        return
+    device = loaded.device
+    loaded.pipeline.segmenter = None
+    del loaded
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()

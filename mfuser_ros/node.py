@@ -1,0 +1,286 @@
+"""The rclpy lifecycle node: a thin adapter between ROS 2 topics and :class:`~mfuser_ros.pipeline.FrameWorker`.
+
+Lifecycle:
+- configure: read parameters into a :class:`NodeConfig` (an invalid one fails the transition, naming it), create
+  publishers and the /diagnostics timer; load the model here if ``load_model_on: configure``.
+- activate: load the model (default), warm it up, subscribe to the cameras, start the worker.
+- deactivate: unsubscribe, stop the worker, release the model (GPU memory back).
+- cleanup / shutdown: also destroy publishers and the timer.
+
+Topics (relative, so launch files can namespace and remap them), per camera ``<camera>``:
+``<camera>/mfuser/labels`` (mono8 class ids, 255 = ignore), ``<camera>/mfuser/color`` (bgr8),
+``<camera>/mfuser/overlay`` (bgr8), ``<camera>/mfuser/confidence`` (mono8, 255 = certain),
+``<camera>/mfuser/label_info`` (vision_msgs/LabelInfo, transient local); ``/diagnostics``.
+Every image output carries the input header unchanged. Colour, overlay and confidence are computed only while
+they have subscribers.
+
+rclpy is imported only in this module; everything else in mfuser_ros runs without ROS 2.
+"""
+
+from __future__ import annotations
+
+import array
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.executors import ExternalShutdownException
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.qos import (
+    QoSDurabilityPolicy,
+    QoSHistoryPolicy,
+    QoSProfile,
+    QoSReliabilityPolicy,
+)
+from sensor_msgs.msg import CompressedImage, Image
+from vision_msgs.msg import LabelInfo, VisionClass
+
+from mfuser_model.errors import CheckpointError, ConfigError
+from mfuser_ros.config import NodeConfig, is_compressed_topic, node_config_from_params, output_topic, parameter_defaults
+from mfuser_ros.conversions import OutputImage
+from mfuser_ros.model_loader import LoadedModel, load_model, release_model
+from mfuser_ros.pipeline import CameraOutputs, FrameWorker, Wanted
+from mfuser_ros.stats import DiagnosticThresholds
+
+__all__ = ["MFuserNode", "main", "ros_qos"]
+
+_KINDS = ("labels", "color", "overlay", "confidence")
+
+
+def ros_qos(profile: str, depth: int, transient_local: bool = False) -> QoSProfile:
+    """QoSProfile for a NodeConfig profile name (sensor_data = best effort, volatile, keep last ``depth``)."""
+    if profile in ("sensor_data", "best_effort"):
+        reliability = QoSReliabilityPolicy.BEST_EFFORT
+    elif profile == "reliable":
+        reliability = QoSReliabilityPolicy.RELIABLE
+    else:
+        reliability = QoSReliabilityPolicy.SYSTEM_DEFAULT
+    durability = QoSDurabilityPolicy.TRANSIENT_LOCAL if transient_local else QoSDurabilityPolicy.VOLATILE
+    return QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability,
+                      durability=durability)
+
+
+def to_ros_image(header: Any, image: OutputImage) -> Image:
+    """OutputImage -> sensor_msgs/Image with ``header`` (the input's) unchanged."""
+    msg = Image()
+    msg.header = header
+    msg.height = image.height
+    msg.width = image.width
+    msg.encoding = image.encoding
+    msg.is_bigendian = 0
+    msg.step = image.step
+    # array('B', bytes) goes through frombytes (one memcpy); a bytes value would be checked element by element.
+    msg.data = array.array("B", image.data.tobytes())
+    return msg
+
+
+class _RosSink:
+    """Lifecycle publishers of every camera; optional outputs only while subscribed."""
+
+    def __init__(self, node: LifecycleNode, config: NodeConfig) -> None:
+        qos = ros_qos(config.output_qos, config.output_qos_depth)
+        self.publishers = [{kind: node.create_lifecycle_publisher(Image, output_topic(camera, kind), qos)
+                            for kind in _KINDS} for camera in config.camera_namespaces()]
+
+    def wanted(self, camera: int) -> Wanted:
+        pubs = self.publishers[camera]
+        return Wanted(*(pubs[k].get_subscription_count() > 0 for k in ("color", "overlay", "confidence")))
+
+    def publish(self, outputs: CameraOutputs) -> None:
+        pubs = self.publishers[outputs.camera]
+        for kind in _KINDS:
+            image = getattr(outputs, kind)
+            if image is not None:
+                pubs[kind].publish(to_ros_image(outputs.header, image))
+
+    def destroy(self, node: LifecycleNode) -> None:
+        for pubs in self.publishers:
+            for pub in pubs.values():
+                node.destroy_lifecycle_publisher(pub)
+        self.publishers = []
+
+
+class MFuserNode(LifecycleNode):
+    """Semantic segmentation lifecycle node (parameters: see ``config/mfuser_node.yaml``)."""
+
+    def __init__(self, node_name: str = "mfuser_node", **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        for name, default in parameter_defaults().items():
+            if isinstance(default, list) and not default:
+                # An empty list has no type to infer; declare it typed and unset.
+                self.declare_parameter(name, Parameter.Type.STRING_ARRAY)
+            else:
+                self.declare_parameter(name, default)
+        self.config: NodeConfig | None = None
+        self.model: LoadedModel | None = None
+        self.worker: FrameWorker | None = None
+        self._sink: _RosSink | None = None
+        self._subscriptions: list[Any] = []
+        self._label_pubs: list[Any] = []
+        self._diag_pub = None
+        self._diag_timer = None
+
+    # ---- helpers -------------------------------------------------------------------------------------------
+    def _read_config(self) -> NodeConfig:
+        params = {}
+        for name in parameter_defaults():
+            value = self.get_parameter(name).value
+            if value is not None:
+                params[name] = list(value) if isinstance(value, (list, tuple)) else value
+        return node_config_from_params(params, where=f"node '{self.get_fully_qualified_name()}' parameters")
+
+    def _now_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    def _load(self) -> bool:
+        if self.model is not None:
+            return True
+        try:
+            self.model = load_model(self.config)
+        except (ConfigError, CheckpointError, OSError) as err:
+            self.get_logger().error(f"cannot load the model: {err}")
+            return False
+        self.get_logger().info(f"model '{self.config.preset}' loaded on {self.config.device} "
+                               f"({self.config.precision}, {self.config.decoder_backend})")
+        return True
+
+    def _release(self) -> None:
+        release_model(self.model)
+        self.model = None
+
+    def _publish_label_info(self) -> None:
+        info = LabelInfo()
+        info.header.stamp = self.get_clock().now().to_msg()
+        for class_id, name in enumerate(self.model.class_names):
+            entry = VisionClass()
+            entry.class_id = class_id
+            entry.class_name = name
+            info.class_map.append(entry)
+        for pub in self._label_pubs:
+            pub.publish(info)
+
+    def _publish_diagnostics(self) -> None:
+        if self.worker is None or self.config is None:
+            return
+        limits = DiagnosticThresholds(self.config.latency_warn_ms, self.config.latency_error_ms,
+                                      self.config.min_output_fps_warn)
+        array_msg = DiagnosticArray()
+        array_msg.header.stamp = self.get_clock().now().to_msg()
+        for status in self.worker.statuses(self.get_fully_qualified_name(), limits, active=self.worker.running):
+            msg = DiagnosticStatus()
+            msg.level = bytes([status.level])
+            msg.name = status.name
+            msg.message = status.message
+            msg.hardware_id = status.hardware_id
+            msg.values = [KeyValue(key=k, value=v) for k, v in status.values.items()]
+            array_msg.status.append(msg)
+        self._diag_pub.publish(array_msg)
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Validate parameters, create publishers and the diagnostics timer (and maybe load the model)."""
+        try:
+            self.config = self._read_config()
+        except ConfigError as err:
+            self.get_logger().error(f"invalid parameters: {err}")
+            return TransitionCallbackReturn.FAILURE
+        config = self.config
+        self._sink = _RosSink(self, config)
+        latched = ros_qos("reliable", 1, transient_local=True)
+        self._label_pubs = [self.create_lifecycle_publisher(LabelInfo, output_topic(c, "label_info"), latched)
+                            for c in config.camera_namespaces()]
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        if config.load_model_on == "configure" and not self._load():
+            return TransitionCallbackReturn.FAILURE
+        self.worker = FrameWorker(
+            self.model.pipeline if self.model else None, config.camera_namespaces(), self._sink,
+            clock_ns=self._now_ns, warn=self.get_logger().warning, log_throttle_s=config.log_throttle_s,
+            stats_window_s=config.stats_window_s)
+        self._diag_timer = self.create_timer(config.diagnostics_period_s, self._publish_diagnostics)
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Load (if not yet) and warm up the model, subscribe, start the worker."""
+        config = self.config
+        if not self._load():
+            return TransitionCallbackReturn.FAILURE
+        self.worker.pipeline = self.model.pipeline
+        if config.warmup:
+            size = config.output_size or (config.crop_size, config.crop_size)
+            self.model.pipeline.warmup(*size)
+        result = super().on_activate(state)  # activates the lifecycle publishers
+        self._publish_label_info()
+        qos = ros_qos(config.input_qos, config.input_qos_depth)
+        for index, topic in enumerate(config.image_topics):
+            msg_type = CompressedImage if is_compressed_topic(topic) else Image
+            self._subscriptions.append(self.create_subscription(
+                msg_type, topic, lambda msg, i=index: self.worker.submit(i, msg), qos))
+        self.worker.start()
+        self.get_logger().info(f"segmenting {', '.join(config.image_topics)}")
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Unsubscribe, stop the worker and release the model."""
+        for sub in self._subscriptions:
+            self.destroy_subscription(sub)
+        self._subscriptions = []
+        if self.worker is not None:
+            self.worker.stop()
+        self._release()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Destroy publishers and the timer; release the model if still loaded."""
+        self._teardown()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Same as cleanup, from any state."""
+        for sub in self._subscriptions:
+            self.destroy_subscription(sub)
+        self._subscriptions = []
+        self._teardown()
+        return super().on_shutdown(state)
+
+    def _teardown(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+        self._release()
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+        if self._sink is not None:
+            self._sink.destroy(self)
+            self._sink = None
+        for pub in self._label_pubs:
+            self.destroy_lifecycle_publisher(pub)
+        if self._diag_pub is not None:
+            self.destroy_publisher(self._diag_pub)
+        self._label_pubs = []
+        self._diag_pub = None
+
+
+def main(args: list[str] | None = None) -> None:
+    """``ros2 run mfuser_ros mfuser_node``: configure and activate itself when ``autostart`` is true."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = MFuserNode()
+        if node.get_parameter("autostart").value:
+            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                node.trigger_activate()
+            else:
+                node.get_logger().error("configure failed; the node stays unconfigured")
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,357 @@
+"""The ROS-free frame pipeline: decode message -> run model -> encode outputs, with a latest-frame worker.
+
+:class:`SegmentationPipeline` is synchronous and stateless per frame (decode, batch through the segmenter, build
+output images). :class:`FrameWorker` adds the real-time policy every transport shares: subscription callbacks call
+:meth:`FrameWorker.submit`, which only swaps the camera's *latest* slot (never blocks, counts the frame it replaced
+as dropped); one worker thread takes the newest frame of every camera that has one, runs them through the model as
+one batch and hands the results to an :class:`OutputSink` (rclpy publishers, DDS writers, a bag writer).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from mfuser_model.classes import CITYSCAPES_PALETTE
+from mfuser_ros.config import NodeConfig
+from mfuser_ros.conversions import (
+    ImageLimits,
+    OutputImage,
+    confidence_to_mono8,
+    labels_to_color_bgr,
+    message_to_rgb,
+    overlay_bgr,
+    palette_lut_bgr,
+)
+from mfuser_ros.errors import FrameError
+from mfuser_ros.stats import CameraStats, DiagnosticStatusData, DiagnosticThresholds, build_statuses
+
+__all__ = [
+    "CameraOutputs",
+    "FrameFailure",
+    "FrameTiming",
+    "FrameWorker",
+    "LatestFrameSlots",
+    "OutputSink",
+    "SegmentationPipeline",
+    "SegmenterLike",
+    "ThrottledLog",
+    "Wanted",
+    "stamp_ns",
+]
+
+
+class SegmenterLike(Protocol):
+    """What the pipeline needs from ``mfuser_model.inference.Segmenter``."""
+
+    def segment_batch(self, images: list[np.ndarray], output_sizes: list[tuple[int, int]] | None = None) -> list[Any]:
+        """RGB uint8 images -> results with ``labels`` (H, W) uint8 and ``confidence`` (H, W) float32."""
+        ...
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """Optional outputs to compute for one frame (labels are always computed)."""
+
+    color: bool = False
+    overlay: bool = False
+    confidence: bool = False
+
+
+@dataclass
+class FrameTiming:
+    """Milliseconds per stage of one frame; ``model_ms`` is the frame's batch's model call."""
+
+    decode_ms: float = 0.0
+    model_ms: float = 0.0
+    encode_ms: float = 0.0
+    publish_ms: float = 0.0
+
+    @property
+    def total_ms(self) -> float:
+        """Sum of all stages."""
+        return self.decode_ms + self.model_ms + self.encode_ms + self.publish_ms
+
+
+@dataclass
+class CameraOutputs:
+    """Everything to publish for one input frame; ``header`` is the input message's header object, unchanged."""
+
+    camera: int
+    header: Any
+    labels: OutputImage
+    color: OutputImage | None
+    overlay: OutputImage | None
+    confidence: OutputImage | None
+    timing: FrameTiming
+
+
+@dataclass(frozen=True)
+class FrameFailure:
+    """A frame that produced no output: the camera, its header (None if unreadable) and why."""
+
+    camera: int
+    header: Any
+    kind: str
+    reason: str
+
+
+def stamp_ns(header: Any) -> int:
+    """``header.stamp`` as integer nanoseconds."""
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+class SegmentationPipeline:
+    """Decode, segment and encode frames; no threads, no transport.
+
+    Args:
+        segmenter: object with ``segment_batch`` (``mfuser_model.inference.Segmenter``).
+        limits: largest accepted input image.
+        output_size: (height, width) of every output, or None for each input's own size.
+        overlay_alpha: weight of the colour mask in the overlay.
+        palette: RGB colour per class id.
+        max_batch: most frames per model call.
+    """
+
+    def __init__(self, segmenter: SegmenterLike, *, limits: ImageLimits | None = None,
+                 output_size: tuple[int, int] | None = None, overlay_alpha: float = 0.5,
+                 palette: tuple[tuple[int, int, int], ...] = CITYSCAPES_PALETTE, max_batch: int = 4) -> None:
+        self.segmenter = segmenter
+        self.limits = limits or ImageLimits()
+        self.output_size = output_size
+        self.overlay_alpha = overlay_alpha
+        self.max_batch = max_batch
+        self._lut_bgr = palette_lut_bgr(palette)
+
+    @classmethod
+    def from_config(cls, config: NodeConfig, segmenter: SegmenterLike,
+                    palette: tuple[tuple[int, int, int], ...] = CITYSCAPES_PALETTE) -> SegmentationPipeline:
+        """Pipeline with the limits, output size, overlay weight and batch size of ``config``."""
+        return cls(segmenter, limits=ImageLimits(config.max_width, config.max_height),
+                   output_size=config.output_size, overlay_alpha=config.overlay_alpha, palette=palette,
+                   max_batch=config.max_batch)
+
+    def decode(self, msg: Any) -> np.ndarray:
+        """Image or CompressedImage -> (H, W, 3) uint8 RGB. Raises FrameError on a malformed message."""
+        return message_to_rgb(msg, self.limits)
+
+    def encode(self, camera: int, header: Any, rgb: np.ndarray, result: Any, wanted: Wanted,
+               timing: FrameTiming) -> CameraOutputs:
+        """Turn one segmentation result into output images (labels always; the rest when wanted)."""
+        t0 = time.perf_counter()
+        labels = np.ascontiguousarray(result.labels, dtype=np.uint8)
+        color = overlay = confidence = None
+        if wanted.color or wanted.overlay:
+            color_bgr = labels_to_color_bgr(labels, self._lut_bgr)
+            color = OutputImage("bgr8", color_bgr) if wanted.color else None
+            if wanted.overlay:
+                overlay = OutputImage("bgr8", overlay_bgr(rgb, color_bgr, labels, self.overlay_alpha))
+        if wanted.confidence:
+            confidence = OutputImage("mono8", confidence_to_mono8(np.asarray(result.confidence, dtype=np.float32)))
+        timing.encode_ms = (time.perf_counter() - t0) * 1e3
+        return CameraOutputs(camera, header, OutputImage("mono8", labels), color, overlay, confidence, timing)
+
+    def run(self, frames: Sequence[tuple[int, Any]],
+            wanted: Callable[[int], Wanted] = lambda _camera: Wanted()) -> list[CameraOutputs | FrameFailure]:
+        """Process frames (camera index, message) as one batch; results in the same order.
+
+        Malformed messages become :class:`FrameFailure` entries (kind ``"malformed"``) and the rest still run.
+        A model failure (``RuntimeError``, e.g. CUDA out of memory) fails that model call's frames (kind
+        ``"model"``) instead of stopping the node: a robot is better served by the next frame than by a crash.
+        """
+        results: list[CameraOutputs | FrameFailure | None] = [None] * len(frames)
+        decoded: list[tuple[int, np.ndarray, FrameTiming]] = []
+        for i, (camera, msg) in enumerate(frames):
+            t0 = time.perf_counter()
+            header = getattr(msg, "header", None)
+            try:
+                rgb = self.decode(msg)
+            except FrameError as err:
+                results[i] = FrameFailure(camera, header, "malformed", str(err))
+                continue
+            decoded.append((i, rgb, FrameTiming(decode_ms=(time.perf_counter() - t0) * 1e3)))
+        for start in range(0, len(decoded), self.max_batch):
+            chunk = decoded[start:start + self.max_batch]
+            images = [rgb for _, rgb, _ in chunk]
+            sizes = [self.output_size or rgb.shape[:2] for rgb in images]
+            t0 = time.perf_counter()
+            try:
+                segmented = self.segmenter.segment_batch(images, output_sizes=sizes)
+            except RuntimeError as err:
+                for i, _, _ in chunk:
+                    results[i] = FrameFailure(frames[i][0], frames[i][1].header, "model", f"model failed: {err}")
+                continue
+            model_ms = (time.perf_counter() - t0) * 1e3
+            for (i, rgb, timing), result in zip(chunk, segmented, strict=True):
+                camera, msg = frames[i]
+                timing.model_ms = model_ms
+                results[i] = self.encode(camera, msg.header, rgb, result, wanted(camera), timing)
+        return results  # type: ignore[return-value]
+
+    def process(self, msg: Any, wanted: Wanted = Wanted(), camera: int = 0) -> CameraOutputs:
+        """One frame, synchronously. Raises FrameError (malformed) or RuntimeError (model)."""
+        (result,) = self.run([(camera, msg)], lambda _c: wanted)
+        if isinstance(result, FrameFailure):
+            if result.kind == "malformed":
+                raise FrameError(result.reason)
+            raise RuntimeError(result.reason)
+        return result
+
+    def warmup(self, height: int, width: int) -> None:
+        """Run one black frame through the model so allocations and kernel choices happen before real frames."""
+        self.segmenter.segment_batch([np.zeros((height, width, 3), dtype=np.uint8)],
+                                     output_sizes=[self.output_size or (height, width)])
+
+
+class LatestFrameSlots:
+    """One slot per camera holding only the newest frame; the worker takes every filled slot at once."""
+
+    def __init__(self, cameras: int) -> None:
+        self._slots: list[tuple[Any, float] | None] = [None] * cameras
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, camera: int, msg: Any) -> bool:
+        """Store ``msg`` as the camera's newest frame; True when it replaced one nobody took (a drop)."""
+        with self._cond:
+            replaced = self._slots[camera] is not None
+            self._slots[camera] = (msg, time.monotonic())
+            self._cond.notify()
+        return replaced
+
+    def take(self, timeout: float) -> list[tuple[int, Any]]:
+        """Wait up to ``timeout`` s for frames; return and clear all filled slots as (camera, msg)."""
+        with self._cond:
+            if not self._closed and not any(s is not None for s in self._slots):
+                self._cond.wait(timeout)
+            frames = [(i, s[0]) for i, s in enumerate(self._slots) if s is not None]
+            self._slots = [None] * len(self._slots)
+            return frames
+
+    def close(self) -> None:
+        """Wake a waiting ``take``; later takes return at once."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class OutputSink(Protocol):
+    """Where results go: the transport's publishers."""
+
+    def wanted(self, camera: int) -> Wanted:
+        """Which optional outputs have subscribers for this camera right now."""
+        ...
+
+    def publish(self, outputs: CameraOutputs) -> None:
+        """Publish one frame's outputs (header already the input's)."""
+        ...
+
+
+class ThrottledLog:
+    """At most one message per key and period; the next one says how many were suppressed."""
+
+    def __init__(self, log: Callable[[str], None], period_s: float, clock: Callable[[], float] = time.monotonic):
+        self._log = log
+        self._period = period_s
+        self._clock = clock
+        self._last: dict[Any, float] = {}
+        self._suppressed: dict[Any, int] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, key: Any, message: str) -> bool:
+        """Log ``message`` unless ``key`` was logged within the period; True if it was logged."""
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self._period:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return False
+            self._last[key] = now
+            suppressed = self._suppressed.pop(key, 0)
+        self._log(f"{message} ({suppressed} similar suppressed)" if suppressed else message)
+        return True
+
+
+class FrameWorker:
+    """Latest-frame policy + batching + statistics around a pipeline, on one background thread.
+
+    Args:
+        pipeline: the synchronous pipeline.
+        cameras: output namespace of each camera (for logs and diagnostics).
+        sink: receives every frame's outputs.
+        clock_ns: the transport's clock (ROS time, honouring use_sim_time) for latency = now - header.stamp.
+        warn: logger for bad frames (throttled per camera and kind).
+        log_throttle_s: throttle period. stats_window_s: statistics window.
+    """
+
+    def __init__(self, pipeline: SegmentationPipeline, cameras: Sequence[str], sink: OutputSink, *,
+                 clock_ns: Callable[[], int] = time.time_ns, warn: Callable[[str], None] = print,
+                 log_throttle_s: float = 5.0, stats_window_s: float = 5.0) -> None:
+        self.pipeline = pipeline
+        self.cameras = list(cameras)
+        self.sink = sink
+        self.clock_ns = clock_ns
+        self.stats = [CameraStats(stats_window_s) for _ in self.cameras]
+        self._slots = LatestFrameSlots(len(self.cameras))
+        self._log = ThrottledLog(warn, log_throttle_s)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.batches = 0
+        self.max_batch_seen = 0
+
+    def submit(self, camera: int, msg: Any) -> None:
+        """Subscription callback body: keep ``msg`` as the camera's newest frame; O(1), never blocks on the model."""
+        self.stats[camera].record_input(self._slots.put(camera, msg))
+
+    def start(self) -> None:
+        """Start the worker thread."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._slots = LatestFrameSlots(len(self.cameras))
+        self._thread = threading.Thread(target=self._loop, name="mfuser-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the batch in flight; frames still waiting are discarded."""
+        self._stop.set()
+        self._slots.close()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the worker thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            frames = self._slots.take(timeout=0.1)
+            if frames and not self._stop.is_set():
+                self.process(frames)
+
+    def process(self, frames: list[tuple[int, Any]]) -> None:
+        """Run one batch and publish; also usable without the thread (replay, tests)."""
+        self.batches += 1
+        self.max_batch_seen = max(self.max_batch_seen, len(frames))
+        for result in self.pipeline.run(frames, self.sink.wanted):
+            if isinstance(result, FrameFailure):
+                self.stats[result.camera].record_error(result.kind)
+                self._log((result.camera, result.kind),
+                          f"camera '{self.cameras[result.camera]}': frame skipped: {result.reason}")
+                continue
+            t0 = time.perf_counter()
+            self.sink.publish(result)
+            result.timing.publish_ms = (time.perf_counter() - t0) * 1e3
+            latency_ms = (self.clock_ns() - stamp_ns(result.header)) / 1e6
+            self.stats[result.camera].record_output(result.timing.total_ms, latency_ms)
+
+    def statuses(self, node_name: str, limits: DiagnosticThresholds, active: bool = True) -> list[DiagnosticStatusData]:
+        """Diagnostic status per camera from the current statistics."""
+        return build_statuses(node_name, self.cameras, [s.snapshot() for s in self.stats], limits, active)
