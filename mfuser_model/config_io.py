@@ -109,7 +109,7 @@ def _convert(tp: Any, value: Any, where: str, key: str) -> Any:  # noqa: PLR0911
         unknown = sorted(set(value) - set(fields))
         if unknown:
             prefix = f"{key}." if key else ""
-            msg = (f"{where}: unknown key {prefix}{unknown[0]!r}; valid keys: {', '.join(sorted(fields))}")
+            msg = f"{where}: unknown key {prefix + unknown[0]!r}; valid keys: {', '.join(sorted(fields))}"
             raise ConfigError(msg)
         kwargs = {}
         for name, field in fields.items():
