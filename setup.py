@@ -48,12 +48,12 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["mfuser_model*", "mfuser_ros*", "training*"]),
     include_package_data=True,
-    package_data={"mfuser_model": ["presets/*.yaml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/config/presets", glob("config/presets/*.yaml")),
     ],
     install_requires=CORE,
     extras_require=EXTRAS,
@@ -61,5 +61,6 @@ setup(
     entry_points={"console_scripts": [
         "mfuser_node = mfuser_ros.node:main",
         "mfuser-node = mfuser_ros.cli:main",
+        "mfuser-segment = mfuser_model.segment_cli:main",
     ]},
 )
