@@ -336,6 +336,13 @@ class FrameWorker:
             if frames and not self._stop.is_set():
                 self.process(frames)
 
+    def run_once(self, timeout: float = 0.0) -> int:
+        """Without the thread: process the frames waiting now (after up to ``timeout`` s); returns their count."""
+        frames = self._slots.take(timeout)
+        if frames:
+            self.process(frames)
+        return len(frames)
+
     def process(self, frames: list[tuple[int, Any]]) -> None:
         """Run one batch and publish; also usable without the thread (replay, tests)."""
         self.batches += 1

@@ -1,0 +1,196 @@
+"""The ROS-free pipeline and latest-frame worker, driven by real sensor_msgs messages and the real tiny model."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from mfuser_model.classes import CITYSCAPES_PALETTE, colorize
+from mfuser_ros.errors import FrameError
+from mfuser_ros.pipeline import FrameFailure, FrameWorker, SegmentationPipeline, Wanted, stamp_ns
+
+ALL = Wanted(color=True, overlay=True, confidence=True)
+NONE = Wanted()
+
+
+class CollectingSink:
+    """An OutputSink that keeps what would be published; ``wanted`` is fixed per test."""
+
+    def __init__(self, wanted: Wanted = NONE) -> None:
+        self._wanted = wanted
+        self.published = []
+        self.event = threading.Event()
+
+    def wanted(self, camera):
+        return self._wanted
+
+    def publish(self, outputs):
+        self.published.append(outputs)
+        self.event.set()
+
+
+class CountingSegmenter:
+    """Delegates to the real segmenter and records each call's batch size (a spy, not a stand-in)."""
+
+    def __init__(self, segmenter, fail_calls=()):
+        self.segmenter = segmenter
+        self.calls = []
+        self.fail_calls = set(fail_calls)
+
+    def segment_batch(self, images, output_sizes=None):
+        self.calls.append(len(images))
+        if len(self.calls) in self.fail_calls:
+            msg = "CUDA out of memory (injected)"
+            raise RuntimeError(msg)
+        return self.segmenter.segment_batch(images, output_sizes)
+
+
+@pytest.fixture
+def pipeline(tiny_model):
+    return SegmentationPipeline(tiny_model.pipeline.segmenter, palette=tiny_model.palette, overlay_alpha=0.5)
+
+
+def test_labels_are_at_input_resolution_and_carry_the_input_header(pipeline, msgs, scene, tiny_model):
+    rgb = scene(48, 64)
+    header = msgs.header(sec=7, nanosec=11, frame_id="front_optical")
+    out = pipeline.process(msgs.image(rgb, "rgb8", header=header))
+    assert out.header is header
+    assert out.labels.encoding == "mono8"
+    assert (out.labels.height, out.labels.width, out.labels.step) == (48, 64, 64)
+    assert out.color is None and out.overlay is None and out.confidence is None
+    expected = tiny_model.pipeline.segmenter.segment(rgb)
+    np.testing.assert_array_equal(out.labels.data, expected.labels)
+    assert out.labels.data.max() < len(tiny_model.class_names)
+
+
+def test_optional_outputs_when_wanted(pipeline, msgs, scene, tiny_model):
+    rgb = scene(48, 64)
+    out = pipeline.process(msgs.image(rgb, "rgb8"), ALL)
+    assert out.color.encoding == "bgr8" and out.color.data.shape == (48, 64, 3)
+    np.testing.assert_array_equal(out.color.data, colorize(out.labels.data, CITYSCAPES_PALETTE)[..., ::-1])
+    assert out.overlay.encoding == "bgr8" and out.overlay.data.shape == (48, 64, 3)
+    expected = tiny_model.pipeline.segmenter.segment(rgb).confidence
+    assert out.confidence.encoding == "mono8"
+    np.testing.assert_array_equal(out.confidence.data, np.clip(np.rint(expected * 255), 0, 255).astype(np.uint8))
+
+
+def test_fixed_output_size(tiny_model, msgs, scene):
+    pipe = SegmentationPipeline(tiny_model.pipeline.segmenter, output_size=(30, 40))
+    out = pipe.process(msgs.image(scene(48, 64), "rgb8"), ALL)
+    for image in (out.labels, out.color, out.overlay, out.confidence):
+        assert (image.height, image.width) == (30, 40)
+
+
+@pytest.mark.parametrize("encoding", ["bgr8", "jpeg"])
+def test_other_encodings_segment_their_decoded_rgb(pipeline, msgs, scene, encoding):
+    rgb = scene(48, 64, seed=3)
+    if encoding == "jpeg":
+        msg = msgs.compressed(rgb, "jpeg")
+    else:
+        msg = msgs.image(np.ascontiguousarray(rgb[..., ::-1]), "bgr8")
+    out = pipeline.process(msg)
+    expected = pipeline.segmenter.segment(pipeline.decode(msg)).labels
+    np.testing.assert_array_equal(out.labels.data, expected)
+
+
+def test_malformed_frame_fails_alone_and_the_batch_goes_on(pipeline, msgs, scene):
+    good = msgs.image(scene(48, 64), "rgb8")
+    bad = msgs.image(scene(48, 64), "rgb8")
+    bad.encoding = "bayer_rggb8"
+    results = pipeline.run([(0, good), (1, bad), (2, good)])
+    assert isinstance(results[1], FrameFailure)
+    assert results[1].kind == "malformed" and "bayer_rggb8" in results[1].reason
+    assert [r.camera for r in results] == [0, 1, 2]
+    np.testing.assert_array_equal(results[0].labels.data, results[2].labels.data)
+    with pytest.raises(FrameError, match="unsupported encoding"):
+        pipeline.process(bad)
+
+
+def test_waiting_frames_of_several_cameras_go_through_the_model_as_one_batch(tiny_model, msgs, scene):
+    spy = CountingSegmenter(tiny_model.pipeline.segmenter)
+    sink = CollectingSink()
+    worker = FrameWorker(SegmentationPipeline(spy), ["front", "left", "right"], sink)
+    for camera in range(3):
+        worker.submit(camera, msgs.image(scene(48, 64, seed=camera), "rgb8", header=msgs.header(sec=camera)))
+    assert worker.run_once() == 3
+    assert spy.calls == [3]
+    assert sorted(o.header.stamp.sec for o in sink.published) == [0, 1, 2]
+
+
+def test_only_the_newest_frame_of_a_camera_is_processed_and_older_ones_are_counted_as_dropped(tiny_model, msgs,
+                                                                                            scene):
+    sink = CollectingSink()
+    worker = FrameWorker(SegmentationPipeline(tiny_model.pipeline.segmenter), ["front", "rear"], sink)
+    rgb = scene(48, 64)
+    for i in range(5):
+        worker.submit(0, msgs.image(rgb, "rgb8", header=msgs.header(sec=i)))
+    worker.submit(1, msgs.image(rgb, "rgb8", header=msgs.header(sec=100)))
+    assert worker.run_once() == 2
+    assert {(o.camera, o.header.stamp.sec) for o in sink.published} == {(0, 4), (1, 100)}
+    front, rear = (s.snapshot() for s in worker.stats)
+    assert (front.frames_in, front.dropped, front.frames_out) == (5, 4, 1)
+    assert (rear.frames_in, rear.dropped, rear.frames_out) == (1, 0, 1)
+
+
+def test_model_failure_skips_that_batch_and_counts_an_error(tiny_model, msgs, scene):
+    spy = CountingSegmenter(tiny_model.pipeline.segmenter, fail_calls={1})
+    logged = []
+    sink = CollectingSink()
+    worker = FrameWorker(SegmentationPipeline(spy), ["front"], sink, warn=logged.append)
+    msg = msgs.image(scene(48, 64), "rgb8")
+    worker.submit(0, msg)
+    worker.run_once()
+    worker.submit(0, msg)
+    worker.run_once()
+    snap = worker.stats[0].snapshot()
+    assert (snap.errors, snap.frames_out, snap.last_error) == (1, 1, "model")
+    assert len(logged) == 1 and "CUDA out of memory" in logged[0]
+
+
+def test_bad_frames_are_logged_throttled_and_counted(tiny_model, msgs, scene):
+    logged = []
+    worker = FrameWorker(SegmentationPipeline(tiny_model.pipeline.segmenter), ["front"], CollectingSink(),
+                         warn=logged.append, log_throttle_s=60.0)
+    bad = msgs.image(scene(48, 64), "rgb8")
+    bad.step = 3
+    for _ in range(4):
+        worker.submit(0, bad)
+        worker.run_once()
+    assert worker.stats[0].snapshot().errors == 4
+    assert len(logged) == 1 and "camera 'front': frame skipped" in logged[0]
+
+
+def test_worker_thread_publishes_with_bounded_waits(tiny_model, msgs, scene):
+    sink = CollectingSink()
+    now_ns = 50 * 10**9
+    worker = FrameWorker(SegmentationPipeline(tiny_model.pipeline.segmenter), ["front"], sink,
+                         clock_ns=lambda: now_ns)
+    worker.start()
+    try:
+        for i in range(3):
+            sink.event.clear()
+            worker.submit(0, msgs.image(scene(48, 64), "rgb8", header=msgs.header(sec=49, nanosec=i)))
+            assert sink.event.wait(30.0), "worker produced no output within 30 s"
+    finally:
+        worker.stop()
+    assert not worker.running
+    assert [o.header.stamp.nanosec for o in sink.published] == [0, 1, 2]
+    snap = worker.stats[0].snapshot()
+    assert snap.frames_out == 3
+    assert snap.latency_p50_ms == pytest.approx(1000.0, abs=1e-3)  # now (50 s) - stamp (49 s)
+    assert stamp_ns(sink.published[0].header) == 49 * 10**9
+
+
+def test_warmup_runs_one_frame(tiny_model):
+    spy = CountingSegmenter(tiny_model.pipeline.segmenter)
+    SegmentationPipeline(spy).warmup(56, 56)
+    assert spy.calls == [1]
+
+
+def test_timings_are_filled_per_stage(pipeline, msgs, scene):
+    out = pipeline.process(msgs.image(scene(48, 64), "bgr8"), ALL)
+    assert out.timing.decode_ms > 0 and out.timing.model_ms > 0 and out.timing.encode_ms > 0
+    time.sleep(0)  # stages are measured, never asserted against a budget (benchmarks/node_overhead.py does that)
