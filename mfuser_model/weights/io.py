@@ -95,9 +95,11 @@ def _torch_load_weights_only(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         text = str(err)
-        if "Weights only load failed" in text or "Unsupported" in text:
-            # torch names the offending global (e.g. "Unsupported global: GLOBAL posix.system"); keep that line.
-            detail = next((line.strip() for line in text.splitlines() if "Unsupported" in line), text.splitlines()[0])
+        if "Weights only load failed" in text or "unsupported" in text.lower():
+            # torch names the offending global ("...unsupported GLOBAL posix.system..."); keep only that line, not
+            # its advice to retry with weights_only=False.
+            lines = [line.strip() for line in text.splitlines() if "global" in line.lower()]
+            detail = lines[0] if lines else "unsupported pickled object"
             msg = (
                 f"Refusing to load {path}: it needs arbitrary unpickling, which can run code ({detail}). "
                 "Only tensors and plain containers are accepted; re-save the weights (state_dict only, or "
