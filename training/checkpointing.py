@@ -1,0 +1,178 @@
+"""Training checkpoints: small, atomic, loadable with ``torch.load(weights_only=True)``, enough for exact resume.
+
+A checkpoint holds the *trainable* part of the model (every state-dict entry except frozen parameters, which
+come back from the pretrained files or the seed), the optimizer, the GradScaler, the iteration (which is also
+the data sampler's position), every rank's RNG states (python, numpy, torch, CUDA) and the config. Only plain
+types and tensors are stored, so loading never unpickles code. The whole model for deployment is written
+separately with :func:`mfuser_model.checkpoint.save_model`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mfuser_model.errors import CheckpointError
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "capture_rng_state",
+    "checkpoint_path",
+    "frozen_fingerprint",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_trainable_state",
+    "prune_checkpoints",
+    "restore_rng_state",
+    "save_checkpoint",
+    "trainable_state_dict",
+]
+
+CHECKPOINT_FORMAT = "mfuser-train/1"
+_NAME = re.compile(r"^iter_(\d+)\.pt$")
+
+
+def frozen_parameter_names(model: nn.Module) -> set[str]:
+    """Names of parameters that do not train (left out of checkpoints)."""
+    return {n for n, p in model.named_parameters() if not p.requires_grad}
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State-dict entries of everything but frozen parameters (trainable weights, BN statistics, buffers)."""
+    frozen = frozen_parameter_names(model)
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k not in frozen}
+
+
+def frozen_fingerprint(model: nn.Module) -> float:
+    """A float64 checksum of the frozen parameters, to catch resuming onto different pretrained weights."""
+    total = 0.0
+    for name, p in sorted(model.named_parameters()):
+        if not p.requires_grad:
+            total += float(p.detach().double().abs().sum()) + 1e-3 * len(name)
+    return total
+
+
+def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load :func:`trainable_state_dict` output; frozen parameters keep their values.
+
+    Raises:
+        CheckpointError: keys missing (other than frozen parameters) or unexpected, or shapes differ.
+    """
+    expected = model.state_dict()
+    frozen = frozen_parameter_names(model)
+    missing = sorted(set(expected) - set(state) - frozen)
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        msg = (f"{source}: checkpoint does not fit the model: {len(missing)} missing (first: {missing[:3]}), "
+               f"{len(unexpected)} unexpected (first: {unexpected[:3]})")
+        raise CheckpointError(msg)
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            msg = f"{source}: key {key!r}: checkpoint shape {tuple(value.shape)}, model {tuple(expected[key].shape)}"
+            raise CheckpointError(msg)
+    model.load_state_dict(state, strict=False)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """This process's RNG states as tensors and plain types (``weights_only`` safe)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_path(folder: str | Path, iteration: int) -> Path:
+    """``<folder>/iter_0001000.pt``: the checkpoint taken after ``iteration`` iterations."""
+    return Path(folder) / f"iter_{iteration:07d}.pt"
+
+
+def list_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
+    """``(iteration, path)`` of every checkpoint in ``folder``, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return sorted(found)
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The newest checkpoint in ``folder`` (None if there is none)."""
+    found = list_checkpoints(folder)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(folder: str | Path, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` newest checkpoints; returns the deleted paths."""
+    found = list_checkpoints(folder)
+    doomed = [p for _, p in found[:-keep]] if keep > 0 else [p for _, p in found]
+    for p in doomed:
+        p.unlink(missing_ok=True)
+    return doomed
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` (plus the format tag) to ``path`` atomically: temp file in the same folder, then
+    ``os.replace``, so a crash never leaves a truncated checkpoint under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are shared like any output file
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a training checkpoint with ``torch.load(weights_only=True)``.
+
+    Raises:
+        CheckpointError: missing, unreadable, or not a training checkpoint (names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        msg = f"{path}: checkpoint not found"
+        raise CheckpointError(msg)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        msg = f"{path}: cannot read checkpoint ({err})"
+        raise CheckpointError(msg) from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        fmt = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        msg = f"{path}: not an MFuser training checkpoint (format {fmt!r}, expected {CHECKPOINT_FORMAT!r})"
+        raise CheckpointError(msg)
+    return payload

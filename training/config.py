@@ -1,0 +1,169 @@
+"""The training config: one frozen dataclass tree, loaded strictly from ``config/train/*.yaml``.
+
+``load_train_config(path, ["optim.lr=2e-4", "data.source.root=/data/gta"])`` reads the YAML, applies dotted
+command-line overrides (values parsed as YAML) and builds :class:`TrainConfig`; an unknown key or a value of the
+wrong type raises :class:`~mfuser_model.errors.ConfigError` naming the file and the dotted key. Dataset paths
+are config keys only; relative paths are taken from the current directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mfuser_model.config_io import load_dataclass, parse_override
+from mfuser_model.errors import ConfigError
+from training.losses import LossWeights
+from training.optim import OptimConfig
+
+__all__ = [
+    "DataConfig",
+    "DatasetSpec",
+    "EvalConfig",
+    "ModelSection",
+    "RareClassConfig",
+    "SyntheticSpec",
+    "TrainConfig",
+    "load_train_config",
+    "parse_overrides",
+]
+
+DatasetKind = Literal["gtav", "synthia", "cityscapes", "bdd100k", "mapillary"]
+SyntheticStyle = Literal["game", "day", "night", "fog", "rain", "texture"]
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """How to render a synthetic stand-in for a dataset (``training.synthetic``) when it is missing."""
+
+    num_images: int = 100
+    size: tuple[int, int] = (512, 256)  # (width, height) of the rendered frames
+    style: SyntheticStyle = "game"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset in its published folder layout.
+
+    ``scale`` is the evaluation resize box ``(w, h)`` (keep ratio); ``"auto"`` is the paper's protocol for the
+    kind ((2048, 1024) for Cityscapes and Mapillary, (1280, 720) for BDD100K, native otherwise) and
+    ``"native"`` keeps the size.
+    """
+
+    kind: DatasetKind
+    root: str
+    name: str = ""
+    split: str | None = None  # default per kind: train for sources, val (validation for Mapillary) for targets
+    scale: tuple[int, int] | Literal["auto", "native"] = "auto"
+    max_images: int | None = None  # evaluate on the first N images only (quick checks)
+    synthetic: SyntheticSpec | None = None  # rendered into ``root`` when missing and data.generate_if_missing
+
+
+@dataclass(frozen=True)
+class RareClassConfig:
+    """DAFormer rare-class sampling (MFuser's ``UGDataset``)."""
+
+    enabled: bool = True
+    class_temp: float = 100.0
+    min_pixels: int = 3000
+    min_crop_ratio: float = 0.5
+    max_recrops: int = 10
+    cache_dir: str | None = None  # default: beside the labels (falls back to ~/.cache/mfuser/rcs)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Source data and augmentation."""
+
+    source: DatasetSpec
+    crop_size: int = 512
+    ratio_range: tuple[float, float] = (0.5, 2.0)
+    cat_max_ratio: float = 0.75
+    flip_prob: float = 0.5
+    photometric: bool = True
+    rare_class: RareClassConfig = field(default_factory=RareClassConfig)
+    num_workers: int = 4
+    generate_if_missing: bool = False  # render synthetic data for specs with a ``synthetic`` section
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Multi-target evaluation (the paper: slide 512 / stride 341, 19-class mIoU over the whole set)."""
+
+    targets: list[DatasetSpec] = field(default_factory=list)
+    mode: Literal["slide", "whole"] = "slide"
+    crop_size: int = 512
+    stride: int = 341
+    interval: int = 0  # evaluate every N iterations during training; 0 = only at the end
+    num_samples: int = 4  # rows of the PNG grid of predictions per target
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """Which MFuser to train: a preset name or YAML, dotted overrides of its config (e.g. weight paths)."""
+
+    preset: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    grad_checkpointing: bool = False  # recompute the encoder blocks in backward (saves memory, ~30% slower)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs; dumped as ``config.yaml`` beside its checkpoints."""
+
+    name: str
+    model: ModelSection
+    data: DataConfig
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    work_dir: str | None = None  # default work_dirs/<name>
+    iterations: int = 20000
+    batch_size: int = 2  # per process (GPU)
+    seed: int = 2023
+    device: str = "auto"  # auto = cuda:<local rank> when CUDA is available, else cpu
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    checkpoint_interval: int = 2000
+    keep_checkpoints: int = 3
+    log_interval: int = 50
+    resume: str = "auto"  # auto = latest checkpoint in work_dir, none = start fresh, or a checkpoint path
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
+    find_unused_parameters: bool = False  # DDP flag; the reference sets True (it has dead SigLIP projections)
+    progress_bar: bool = True
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.checkpoint_interval >= 1, f"checkpoint_interval must be >= 1, got {self.checkpoint_interval}"),
+            (self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}"),
+            (self.log_interval >= 1, f"log_interval must be >= 1, got {self.log_interval}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+        names = [t.name for t in self.eval.targets]
+        if any(not n for n in names) or len(set(names)) != len(names):
+            msg = f"eval.targets need unique, non-empty names, got {names}"
+            raise ConfigError(msg)
+
+    @property
+    def run_dir(self) -> Path:
+        """The folder of checkpoints, logs, config dump and final model."""
+        return Path(self.work_dir) if self.work_dir else Path("work_dirs") / self.name
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}`` (values parsed as YAML)."""
+    return dict(parse_override(item) for item in items)
+
+
+def load_train_config(path: str | Path, overrides: Sequence[str] | dict[str, Any] = ()) -> TrainConfig:
+    """Load a training YAML with command-line style overrides (``key.sub=value``) or a dict of them."""
+    ov = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    return load_dataclass(TrainConfig, path, ov)
