@@ -109,17 +109,19 @@ _PALETTES: dict[str, dict[str, list[Color]]] = {
 
 
 def _texture_palette(rng: np.random.Generator) -> dict[str, list[Color]]:
-    """The city palette with every class's hue rotated by its own random angle (and sky/vegetation swapped in
-    spirit: purple skies, orange foliage), to shift colour statistics without changing shapes."""
+    """The city palette with every class's hue rotated by its own random angle, saturation raised and brightness
+    rescaled (purple skies, orange foliage, ...), to shift colour statistics without changing shapes."""
     out: dict[str, list[Color]] = {}
     for key, colors in _PALETTES["city"].items():
         shift = int(rng.integers(30, 150))
-        sat = float(rng.uniform(1.3, 2.2))
+        sat = float(rng.uniform(1.2, 2.0))
+        val = float(rng.uniform(0.75, 1.35))
         new = []
         for c in colors:
             hsv = cv2.cvtColor(np.uint8([[c]]), cv2.COLOR_RGB2HSV).astype(np.int32)[0, 0]
             hsv[0] = (hsv[0] + shift) % 180
-            hsv[1] = int(np.clip(max(hsv[1], 40) * sat, 0, 255))
+            hsv[1] = int(np.clip(max(hsv[1], 80) * sat, 0, 255))
+            hsv[2] = int(np.clip(hsv[2] * val, 0, 255))
             rgb = cv2.cvtColor(np.uint8([[hsv]]), cv2.COLOR_HSV2RGB)[0, 0]
             new.append(tuple(float(v) for v in rgb))
         out[key] = new

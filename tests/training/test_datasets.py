@@ -1,0 +1,299 @@
+"""Datasets read their real folder layouts, map labels to train ids, and explain malformed folders; RCS caches."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from mfuser_model.classes import IGNORE_INDEX
+from training import rare_class_sampling as rcs
+from training.datasets import BDD100KDataset, CityscapesDataset, GTAVDataset, MapillaryDataset, SynthiaDataset
+from training.errors import DatasetError
+from training.label_maps import (
+    CITYSCAPES_LABEL_TO_TRAIN,
+    MAPILLARY_NARROW,
+    MAPILLARY_V12_NAMES,
+    SYNTHIA_TO_TRAIN,
+    mapillary_name_to_train_id,
+)
+from training.synthetic import (
+    render_scene,
+    write_bdd100k,
+    write_cityscapes,
+    write_gtav,
+    write_mapillary,
+    write_synthia,
+)
+from training.transforms import TrainTransform
+
+W, H = 64, 32
+
+
+def _expected(seed: int, i: int, style: str, w: int = W, h: int = H) -> np.ndarray:
+    return render_scene(np.random.default_rng([seed, i]), h, w, style)[1]
+
+
+# ---- label maps ----------------------------------------------------------------------------------------------------
+def test_cityscapes_table_agrees_with_cityscapesscripts():
+    labels = pytest.importorskip("cityscapesscripts.helpers.labels")
+    official = {lbl.id: lbl.trainId for lbl in labels.labels if 0 <= lbl.trainId < 255 and lbl.id >= 0}
+    assert official == CITYSCAPES_LABEL_TO_TRAIN
+
+
+def test_synthia_table_covers_each_class_once():
+    assert sorted(SYNTHIA_TO_TRAIN.values()) == list(range(19))
+    assert SYNTHIA_TO_TRAIN[3] == 0 and SYNTHIA_TO_TRAIN[1] == 10 and SYNTHIA_TO_TRAIN[8] == 13
+
+
+def test_mapillary_names_map_by_name():
+    assert len(MAPILLARY_V12_NAMES) == 66
+    assert set(MAPILLARY_NARROW) <= set(MAPILLARY_V12_NAMES)
+    cases = {
+        "construction--flat--road": (0, 0),
+        "marking--crosswalk-zebra": (0, 255),
+        "construction--flat--bike-lane": (0, 255),
+        "construction--barrier--curb": (1, 1),
+        "human--rider--motorcyclist": (12, 12),
+        "object--vehicle--on-rails": (16, 16),
+        "object--traffic-sign--back": (255, 255),
+        "object--vehicle--caravan": (255, 255),
+        "void--unlabeled": (255, 255),
+        # v2.0 names
+        "marking--discrete--arrow--left": (0, 255),
+        "marking-only--continuous--dashed": (0, 255),
+        "object--traffic-light--pedestrians": (6, 255),
+        "human--person--individual": (11, 255),
+    }
+    for name, (cityscapes, narrow) in cases.items():
+        assert mapillary_name_to_train_id(name, "cityscapes") == cityscapes, name
+        assert mapillary_name_to_train_id(name, "narrow") == narrow, name
+    with pytest.raises(KeyError, match="narrow"):
+        mapillary_name_to_train_id("nature--sky", "other")
+
+
+# ---- each layout loads through its dataset class ----------------------------------------------------------------
+def test_gtav_labelids_palette_png(tmp_path):
+    write_gtav(tmp_path, 2, (W, H), seed=3)
+    with Image.open(tmp_path / "labels" / "00000.png") as im:
+        assert im.mode == "P"  # as GTAV ships them
+    ds = GTAVDataset(tmp_path)
+    assert len(ds) == 2 and not ds.train_ids
+    s = ds[1]
+    assert s["image"].shape == (H, W, 3) and s["image"].dtype == np.uint8
+    assert s["name"] == "00001"
+    np.testing.assert_array_equal(s["label"], _expected(3, 1, "game"))
+
+
+def test_gtav_converted_train_ids_are_detected(tmp_path):
+    write_gtav(tmp_path, 2, (W, H), seed=4, train_ids=True)
+    ds = GTAVDataset(tmp_path)
+    assert ds.train_ids
+    np.testing.assert_array_equal(ds[0]["label"], _expected(4, 0, "game"))
+
+
+def test_cityscapes_labelids_and_ego_vehicle_ignored(tmp_path):
+    write_cityscapes(tmp_path, 3, (W, H), style="fog", split="val", seed=5)
+    ds = CityscapesDataset(tmp_path, "val")
+    assert ds.names[0] == "fog_000000_000000"
+    label = ds[2]["label"]
+    np.testing.assert_array_equal(label, _expected(5, 2, "fog"))
+    assert (label[-1] == IGNORE_INDEX).any()  # the hood
+    assert ds.stats_dir == tmp_path / "gtFine" / "val"
+
+
+def test_cityscapes_prefers_label_train_ids(tmp_path):
+    write_cityscapes(tmp_path, 1, (W, H), style="day", split="train", seed=6)
+    gt_dir = tmp_path / "gtFine" / "train" / "day"
+    marker = np.full((H, W), 7, np.uint8)
+    Image.fromarray(marker).save(gt_dir / "day_000000_000000_gtFine_labelTrainIds.png")
+    ds = CityscapesDataset(tmp_path, "train")
+    assert ds.train_ids
+    assert (ds[0]["label"] == 7).all()
+
+
+def test_bdd100k_masks_and_colormaps(tmp_path):
+    write_bdd100k(tmp_path, 2, (W, H), style="rain", split="val", seed=7)
+    ds = BDD100KDataset(tmp_path, "val")
+    np.testing.assert_array_equal(ds[0]["label"], _expected(7, 0, "rain"))
+    # The colour-coded colormaps folder is the fallback when masks/ is absent.
+    from mfuser_model.classes import colorize
+
+    masks = tmp_path / "labels" / "sem_seg" / "masks" / "val"
+    colormaps = tmp_path / "labels" / "sem_seg" / "colormaps" / "val"
+    colormaps.mkdir(parents=True)
+    for p in masks.glob("*.png"):
+        Image.fromarray(colorize(np.array(Image.open(p)))).save(colormaps / p.name)
+        p.unlink()
+    masks.rmdir()
+    ds = BDD100KDataset(tmp_path, "val")
+    np.testing.assert_array_equal(ds[1]["label"], _expected(7, 1, "rain"))
+
+
+@pytest.mark.parametrize("mapping", ["cityscapes", "narrow"])
+def test_mapillary_v12_palette_labels(tmp_path, mapping):
+    write_mapillary(tmp_path, 2, (W, H), style="texture", split="validation", seed=8)
+    ds = MapillaryDataset(tmp_path, "val", mapping=mapping)
+    assert ds.version == "v1.2"
+    np.testing.assert_array_equal(ds[1]["label"], _expected(8, 1, "texture"))
+
+
+def test_mapillary_v20_reads_names_from_config(tmp_path):
+    split = tmp_path / "validation"
+    (split / "images").mkdir(parents=True)
+    (split / "v2.0" / "labels").mkdir(parents=True)
+    names = ["void--unlabeled", "marking--discrete--arrow--left", "object--vehicle--car", "nature--sky",
+             "object--traffic-light--general-upright"]
+    (tmp_path / "config_v2.0.json").write_text(json.dumps({"labels": [{"name": n} for n in names]}))
+    cv2.imwrite(str(split / "images" / "k1.jpg"), np.zeros((4, 5, 3), np.uint8))
+    ids = np.array([[0, 1, 2, 3, 4]] * 4, np.uint8)
+    Image.fromarray(ids, mode="L").save(split / "v2.0" / "labels" / "k1.png")
+    ds = MapillaryDataset(tmp_path, "validation")
+    assert ds.version == "v2.0"
+    assert ds[0]["label"][0].tolist() == [255, 0, 13, 10, 6]
+    (tmp_path / "config_v2.0.json").unlink()
+    with pytest.raises(DatasetError, match="config_v2.0.json"):
+        MapillaryDataset(tmp_path, "validation")
+
+
+def test_synthia_class_in_red_channel(tmp_path):
+    write_synthia(tmp_path, 2, (W, H), seed=9)
+    raw = cv2.imread(str(tmp_path / "GT" / "LABELS" / "0000000.png"), cv2.IMREAD_UNCHANGED)
+    assert raw.dtype == np.uint16 and raw.ndim == 3
+    ds = SynthiaDataset(tmp_path)
+    expected = _expected(9, 0, "game")
+    expected[np.isin(expected, [9, 14, 16])] = IGNORE_INDEX  # SYNTHIA has no terrain, truck, train
+    np.testing.assert_array_equal(ds[0]["label"], expected)
+
+
+# ---- malformed folders ---------------------------------------------------------------------------------------------
+def test_missing_root_and_label_dir(tmp_path):
+    with pytest.raises(DatasetError, match=re.escape(str(tmp_path / "nope"))):
+        GTAVDataset(tmp_path / "nope")
+    (tmp_path / "images").mkdir()
+    with pytest.raises(DatasetError, match=re.escape(str(tmp_path / "labels")) + ".*not found"):
+        GTAVDataset(tmp_path)
+
+
+def test_empty_image_folder(tmp_path):
+    (tmp_path / "leftImg8bit" / "val" / "x").mkdir(parents=True)
+    (tmp_path / "gtFine" / "val").mkdir(parents=True)
+    with pytest.raises(DatasetError, match=re.escape(str(tmp_path / "leftImg8bit" / "val")) + ".*no images"):
+        CityscapesDataset(tmp_path, "val")
+
+
+def test_image_without_label_is_named(tmp_path):
+    write_gtav(tmp_path, 3, (W, H), seed=1)
+    (tmp_path / "labels" / "00001.png").rename(tmp_path / "labels" / "renamed.png")
+    with pytest.raises(DatasetError, match=re.escape(str(tmp_path / "images" / "00001.png"))) as err:
+        GTAVDataset(tmp_path)
+    assert str(tmp_path / "labels" / "00001.png") in str(err.value)
+
+
+def test_label_of_wrong_size(tmp_path):
+    write_gtav(tmp_path, 1, (W, H), seed=2)
+    path = tmp_path / "labels" / "00000.png"
+    Image.fromarray(np.full((H // 2, W // 2), 7, np.uint8), mode="L").save(path)
+    ds = GTAVDataset(tmp_path)
+    with pytest.raises(DatasetError, match=re.escape(str(path)) + ".*32x16"):
+        ds[0]
+    fixed = GTAVDataset(tmp_path, on_size_mismatch="resize_label")[0]["label"]
+    assert fixed.shape == (H, W) and (fixed == 0).all()
+
+
+def test_unreadable_image_is_named(tmp_path):
+    write_gtav(tmp_path, 1, (W, H), seed=2)
+    bad = tmp_path / "images" / "00000.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match=re.escape(str(bad))):
+        GTAVDataset(tmp_path)[0]
+
+
+# ---- transforms through the dataset ----------------------------------------------------------------------------
+def test_transform_is_a_function_of_seed_epoch_and_index(tmp_path):
+    write_gtav(tmp_path, 2, (128, 64), seed=1)
+    ds = GTAVDataset(tmp_path, transform=TrainTransform(32), seed=5)
+    a, b = ds[0], ds[0]
+    assert a["image"].shape == (3, 32, 32) and a["label"].shape == (32, 32)
+    assert (a["image"] == b["image"]).all() and (a["label"] == b["label"]).all()
+    ds.set_epoch(1)
+    c = ds[0]
+    assert not ((a["image"].shape == c["image"].shape) and bool((a["image"] == c["image"]).all()))
+
+
+# ---- rare-class sampling -------------------------------------------------------------------------------------------
+def test_rcs_stats_are_cached_beside_the_data_and_reused(tmp_path, monkeypatch):
+    write_gtav(tmp_path, 4, (W, H), seed=11)
+    ds = GTAVDataset(tmp_path)
+    sampler = rcs.RareClassSampler(ds, min_pixels=20)
+    assert sampler.stats_path == tmp_path / "sample_class_stats.json"
+    stats = json.loads((tmp_path / "sample_class_stats.json").read_text())
+    by_class = json.loads((tmp_path / "samples_with_class.json").read_text())
+    label0 = ds.load_label(0)
+    assert stats[0]["file"] == "labels/00000.png"
+    assert stats[0]["0"] == int((label0 == 0).sum())
+    assert ["labels/00000.png", stats[0]["0"]] in by_class["0"]
+
+    def boom(*args, **kwargs):
+        raise AssertionError("statistics recomputed although cached")
+
+    monkeypatch.setattr(rcs, "compute_class_stats", boom)
+    again = rcs.RareClassSampler(ds, min_pixels=20)
+    np.testing.assert_allclose(again.class_probs, sampler.class_probs)
+
+
+def test_rcs_cache_for_other_files_is_recomputed(tmp_path):
+    write_gtav(tmp_path, 2, (W, H), seed=12)
+    (tmp_path / "sample_class_stats.json").write_text(json.dumps([{"file": "labels/other.png", "0": 5}]))
+    _, path = rcs.load_or_compute_stats(GTAVDataset(tmp_path))
+    assert len(json.loads(path.read_text())) == 2
+
+
+def test_rcs_unwritable_folder_falls_back_to_user_cache(tmp_path, monkeypatch, caplog):
+    write_gtav(tmp_path / "data", 2, (W, H), seed=13)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    real_write = rcs._write_json_atomic
+
+    def refuse_data_dir(path, data):
+        if path.parent == tmp_path / "data":
+            raise PermissionError(13, "Permission denied", str(path))
+        real_write(path, data)
+
+    monkeypatch.setattr(rcs, "_write_json_atomic", refuse_data_dir)
+    with caplog.at_level("WARNING"):
+        _, path = rcs.load_or_compute_stats(GTAVDataset(tmp_path / "data"))
+    assert path.is_relative_to(tmp_path / "cache" / "mfuser" / "rcs")
+    assert "not writable" in caplog.text and str(path.parent) in caplog.text
+    # Found there next time.
+    _, again = rcs.load_or_compute_stats(GTAVDataset(tmp_path / "data"))
+    assert again == path
+
+
+def test_rcs_class_probabilities_follow_the_temperature(tmp_path):
+    stats = [{"file": "a.png", "0": 9000, "13": 4000}, {"file": "b.png", "0": 8000, "5": 3500}]
+    ds = type("FakeDS", (), {"stats_dir": tmp_path})()
+    freq = np.array([17000, 3500, 4000]) / 24500
+    for temp in (0.01, 100.0):
+        sampler = rcs.RareClassSampler(ds, class_temp=temp, min_pixels=3000, stats=stats)
+        assert sampler.classes.tolist() == [0, 5, 13]
+        expected = np.exp((1 - freq) / temp - np.max((1 - freq) / temp))
+        np.testing.assert_allclose(sampler.class_probs, expected / expected.sum())
+    assert sampler.class_probs.max() - sampler.class_probs.min() < 0.01  # T=100: nearly uniform
+    assert sampler.samples_with_class[5].tolist() == [1]
+    draws = {sampler.draw() for _ in range(50)}
+    assert (1, 5) in draws and all(i in (0, 1) for i, _ in draws)
+
+
+def test_rare_class_dataset_is_deterministic_and_recrops_toward_the_class(tmp_path):
+    write_gtav(tmp_path, 4, (128, 64), seed=14)
+    ds = GTAVDataset(tmp_path)
+    sampler = rcs.RareClassSampler(ds, min_pixels=60, seed=0)
+    train = rcs.RareClassDataset(ds, TrainTransform(48), sampler, min_crop_ratio=0.5, length=12, seed=3)
+    items = [train[i] for i in range(12)]
+    assert all((a["label"] == b["label"]).all() for a, b in zip(items, [train[i] for i in range(12)], strict=True))
+    hits = sum(int((it["label"] == it["rcs_class"]).sum()) > 30 for it in items)
+    assert hits >= 9
