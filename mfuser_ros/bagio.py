@@ -1,0 +1,462 @@
+"""Rosbag I/O for replay, on ``rosbags`` (no ROS install): a reader that keeps what a damaged bag still holds,
+and a writer that always leaves a valid rosbag2.
+
+:class:`BagInput` opens a rosbag2 directory, a bare ``.mcap`` / ``.db3`` file or a ROS 1 ``.bag`` with rosbags'
+``AnyReader`` and yields plain ``(timestamp_ns, BagMessage)`` tuples in time order. rosbags refuses a truncated
+file outright (an MCAP without its footer, an SQLite file shorter than its header says), which would throw away
+every frame before the damage; for those two storages the reader falls back to reading the file front to back
+(:func:`mcap_salvage`, :func:`sqlite_salvage`) and raises :class:`BagReadError` naming the file and the byte or row
+where the data ends, after yielding everything before it.
+
+:class:`BagOutput` writes a rosbag2 (mcap or sqlite3, with ``metadata.yaml``) through rosbags' ``Writer``;
+closing it — also after Ctrl-C or an error — finishes the file, so partial runs still leave a readable bag.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import struct
+import tempfile
+import threading
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from mfuser_model.errors import MFuserError
+
+__all__ = [
+    "IMAGE_TYPES",
+    "BagInput",
+    "BagMessage",
+    "BagOutput",
+    "BagReadError",
+    "TopicInfo",
+    "mcap_salvage",
+    "sqlite_salvage",
+]
+
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
+IMAGE_TYPES: frozenset[str] = frozenset({IMAGE_TYPE, COMPRESSED_TYPE})
+
+_MCAP_MAGIC = b"\x89MCAP0\r\n"
+
+
+class BagReadError(MFuserError):
+    """A bag cannot be read (further): the message names the file and, where known, the position."""
+
+
+class TopicInfo(NamedTuple):
+    """One topic of the input bag; ``count`` is None when the bag's index is unreadable."""
+
+    name: str
+    msgtype: str
+    count: int | None
+
+
+class BagMessage(NamedTuple):
+    """One message: its topic and type, the serialized bytes (CDR for ROS 2, ROS 1 wire format otherwise) and
+    the deserialized message object."""
+
+    topic: str
+    msgtype: str
+    raw: bytes
+    msg: Any
+
+
+def _rosbags() -> Any:
+    try:
+        import rosbags  # noqa: F401, PLC0415
+    except ImportError as err:
+        msg = "bag replay needs the 'rosbags' package: pip install -e '.[ros]'"
+        raise MFuserError(msg) from err
+    from rosbags.typesys import Stores, get_typestore  # noqa: PLC0415
+
+    return get_typestore(Stores.ROS2_HUMBLE)
+
+
+def _storage_files(path: Path) -> list[Path]:
+    """The storage files of a bag path: the file itself, or the .mcap/.db3 files of a rosbag2 directory."""
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix in (".mcap", ".db3"))
+    return [path]
+
+
+# ---- salvage readers ------------------------------------------------------------------------------------------------
+def _u16(b: bytes, o: int) -> int:
+    return struct.unpack_from("<H", b, o)[0]
+
+
+def _u32(b: bytes, o: int) -> int:
+    return struct.unpack_from("<I", b, o)[0]
+
+
+def _u64(b: bytes, o: int) -> int:
+    return struct.unpack_from("<Q", b, o)[0]
+
+
+def _mcap_string(b: bytes, o: int) -> tuple[str, int]:
+    n = _u32(b, o)
+    return b[o + 4: o + 4 + n].decode("utf-8"), o + 4 + n
+
+
+def _mcap_decompress(data: bytes, compression: str, size: int) -> bytes:
+    if compression == "":
+        return data
+    if compression == "zstd":
+        try:
+            from compression import zstd  # type: ignore[import-not-found]  # noqa: PLC0415  (Python 3.14+)
+        except ImportError:
+            from backports import zstd  # noqa: PLC0415
+        return zstd.decompress(data)
+    if compression == "lz4":
+        import lz4.frame  # noqa: PLC0415
+
+        return lz4.frame.decompress(data)
+    msg = f"unsupported chunk compression {compression!r}"
+    raise ValueError(msg)
+
+
+def _mcap_records(data: bytes, base: int) -> Iterator[tuple[int, int, bytes]]:
+    """(opcode, absolute offset, content) of each record in an in-memory record stream (a chunk's body)."""
+    pos = 0
+    while pos < len(data):
+        if pos + 9 > len(data):
+            msg = f"record header cut short at byte {base + pos}"
+            raise ValueError(msg)
+        op, length = data[pos], _u64(data, pos + 1)
+        if pos + 9 + length > len(data):
+            msg = f"record 0x{op:02x} at byte {base + pos} runs past its chunk"
+            raise ValueError(msg)
+        yield op, base + pos, data[pos + 9: pos + 9 + length]
+        pos += 9 + length
+
+
+def mcap_salvage(path: Path) -> Iterator[tuple[str, str, int, bytes]]:
+    """Read an MCAP file front to back, without its index: yield ``(topic, msgtype, log_time_ns, raw)``.
+
+    Raises:
+        BagReadError: at the first record that is cut short or corrupt (after yielding every earlier message),
+            or when the file ends before its footer; the message names the file and the byte offset.
+    """
+    schemas: dict[int, str] = {}
+    channels: dict[int, tuple[str, int]] = {}
+
+    def handle(op: int, content: bytes) -> tuple[str, str, int, bytes] | None:
+        if op == 0x03:  # Schema: id, name, encoding, data
+            schemas[_u16(content, 0)] = _mcap_string(content, 2)[0]
+        elif op == 0x04:  # Channel: id, schema_id, topic, message_encoding, metadata
+            channels[_u16(content, 0)] = (_mcap_string(content, 4)[0], _u16(content, 2))
+        elif op == 0x05:  # Message: channel_id, sequence, log_time, publish_time, data
+            channel_id = _u16(content, 0)
+            if channel_id not in channels:
+                msg = f"message on channel {channel_id}, which was never defined"
+                raise ValueError(msg)
+            topic, schema_id = channels[channel_id]
+            return topic, schemas.get(schema_id, ""), _u64(content, 6), bytes(content[22:])
+        return None
+
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        if f.read(8) != _MCAP_MAGIC:
+            msg = f"{path}: not an MCAP file (bad magic at byte 0)"
+            raise BagReadError(msg)
+        while True:
+            pos = f.tell()
+            head = f.read(9)
+            if not head:
+                msg = f"{path}: file ends at byte {pos} without the MCAP footer (truncated)"
+                raise BagReadError(msg)
+            if len(head) < 9:
+                msg = f"{path}: record header at byte {pos} is cut short (truncated file, {size} bytes)"
+                raise BagReadError(msg)
+            op, length = head[0], _u64(head, 1)
+            if op in (0x02, 0x0F):  # Footer or DataEnd: every message has been seen
+                return
+            if length > size - pos - 9:
+                msg = (f"{path}: record 0x{op:02x} at byte {pos} declares {length} bytes but the file ends after "
+                       f"{size - pos - 9} (truncated)")
+                raise BagReadError(msg)
+            content = f.read(length)
+            try:
+                if op == 0x06:  # Chunk: start, end, uncompressed size, crc, compression, records
+                    usize, crc = _u64(content, 16), _u32(content, 24)
+                    compression, o = _mcap_string(content, 28)
+                    records = _mcap_decompress(content[o + 8: o + 8 + _u64(content, o)], compression, usize)
+                    if len(records) != usize or (crc and zlib.crc32(records) != crc):
+                        msg = "chunk size or checksum mismatch"
+                        raise ValueError(msg)
+                    # Decode the whole chunk before yielding, so a corrupt chunk yields nothing half-read.
+                    found = [m for op_, _, c in _mcap_records(records, pos) if (m := handle(op_, c)) is not None]
+                    yield from found
+                elif (m := handle(op, content)) is not None:
+                    yield m
+            except (ValueError, struct.error, UnicodeDecodeError, MemoryError, RuntimeError) as err:
+                msg = f"{path}: corrupt record 0x{op:02x} at byte {pos}: {err}"
+                raise BagReadError(msg) from err
+
+
+def sqlite_salvage(path: Path) -> Iterator[tuple[str, str, int, bytes]]:
+    """Read a rosbag2 SQLite file row by row: yield ``(topic, msgtype, timestamp_ns, raw)`` in row order.
+
+    SQLite refuses a file shorter than the page count in its header; a temporary copy with the count set to the
+    pages that exist opens, and rows read until the first one whose pages are missing.
+
+    Raises:
+        BagReadError: at the first unreadable row (after yielding every earlier one), naming the file and row.
+    """
+    with tempfile.TemporaryDirectory(prefix="mfuser-salvage-") as tmp:
+        copy = Path(tmp) / path.name
+        shutil.copyfile(path, copy)
+        with copy.open("r+b") as f:
+            header = f.read(100)
+            if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+                msg = f"{path}: not an SQLite database (bad header)"
+                raise BagReadError(msg)
+            page_size = struct.unpack(">H", header[16:18])[0]
+            page_size = 65536 if page_size == 1 else page_size
+            file_size = copy.stat().st_size
+            pages = file_size // page_size
+            truncated = struct.unpack(">I", header[28:32])[0] > pages or file_size % page_size != 0
+            f.truncate(pages * page_size)
+            f.seek(28)
+            f.write(struct.pack(">I", pages))
+        con = sqlite3.connect(f"file:{copy}?mode=ro&immutable=1", uri=True)
+        last_row = 0
+        try:
+            try:
+                topics = {i: (n, t) for i, n, t in con.execute("SELECT id, name, type FROM topics")}
+            except sqlite3.DatabaseError as err:
+                msg = f"{path}: the topics table is unreadable ({err})"
+                raise BagReadError(msg) from err
+            try:
+                for row_id, topic_id, timestamp, data in con.execute(
+                        "SELECT id, topic_id, timestamp, data FROM messages"):
+                    last_row = row_id
+                    name, msgtype = topics.get(topic_id, (f"<topic {topic_id}>", ""))
+                    yield name, msgtype, int(timestamp), bytes(data)
+            except sqlite3.DatabaseError as err:
+                msg = f"{path}: unreadable after message row {last_row} ({err}; truncated or corrupt file)"
+                raise BagReadError(msg) from err
+            if truncated:  # the patched copy reads "complete", but rows past the cut are gone
+                msg = f"{path}: the file is shorter than its header says (truncated after message row {last_row})"
+                raise BagReadError(msg)
+        finally:
+            con.close()
+
+
+def _salvage(files: Sequence[Path]) -> Iterator[tuple[str, str, int, bytes]]:
+    for file in files:
+        if file.suffix == ".mcap":
+            yield from mcap_salvage(file)
+        else:
+            yield from sqlite_salvage(file)
+
+
+# ---- reader ---------------------------------------------------------------------------------------------------------
+class BagInput:
+    """A bag opened for replay: topics, and messages of chosen topics as ``(timestamp_ns, BagMessage)``.
+
+    Args:
+        path: rosbag2 directory, ``.mcap`` or ``.db3`` file, or ROS 1 ``.bag``.
+
+    Attributes:
+        damaged: why rosbags refused the bag, when it is read in salvage mode (None otherwise).
+        is_ros2: messages are CDR (ROS 2); False for a ROS 1 bag.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            msg = f"{self.path}: bag not found"
+            raise BagReadError(msg)
+        self.typestore = _rosbags()
+        self.damaged: str | None = None
+        self.is_ros2 = self.path.suffix != ".bag"
+        self._reader: Any = None
+        self._salvage_topics: dict[str, TopicInfo] | None = None
+        self.salvage_error: str | None = None
+
+    def open(self) -> None:
+        """Open the bag; a truncated mcap/db3 switches to salvage mode instead of failing."""
+        from rosbags.highlevel import AnyReader, AnyReaderError  # noqa: PLC0415
+
+        try:
+            reader = AnyReader([self.path], default_typestore=self.typestore)
+            reader.open()
+        except (AnyReaderError, FileNotFoundError, OSError) as err:
+            files = _storage_files(self.path)
+            if not files or not all(p.suffix in (".mcap", ".db3") for p in files):
+                msg = f"{self.path}: cannot open bag: {err}"
+                raise BagReadError(msg) from err
+            self.damaged = f"{err}".strip() or type(err).__name__
+            self._salvage_topics = self._scan_salvage(files)
+            return
+        self._reader = reader
+        self.is_ros2 = reader.is2
+
+    def _scan_salvage(self, files: Sequence[Path]) -> dict[str, TopicInfo]:
+        counts: dict[str, list[Any]] = {}
+        try:
+            for topic, msgtype, _, _ in _salvage(files):
+                counts.setdefault(topic, [msgtype, 0])[1] += 1
+        except BagReadError as err:
+            # Raised again, after the messages before it, when they are read for real; kept for "nothing readable".
+            self.salvage_error = str(err)
+        return {t: TopicInfo(t, m, n) for t, (m, n) in sorted(counts.items())}
+
+    def close(self) -> None:
+        """Close the bag."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def __enter__(self) -> BagInput:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> bool:
+        self.close()
+        return False
+
+    @property
+    def topics(self) -> dict[str, TopicInfo]:
+        """Every topic with its message type and count."""
+        if self._salvage_topics is not None:
+            return dict(self._salvage_topics)
+        if self._reader is None:
+            msg = f"{self.path}: bag is not open"
+            raise BagReadError(msg)
+        out = {}
+        for name, info in self._reader.topics.items():
+            out[name] = TopicInfo(name, info.msgtype or "", info.msgcount)
+        return out
+
+    def deserialize(self, raw: bytes, msgtype: str) -> Any:
+        """Message object of serialized bytes (the bag's own definitions when it embeds them)."""
+        if self._reader is not None:
+            return self._reader.deserialize(raw, msgtype)
+        return self.typestore.deserialize_cdr(raw, msgtype)
+
+    def messages(self, topics: Sequence[str]) -> Iterator[tuple[int, BagMessage]]:
+        """Messages of ``topics`` in bag order, deserialized.
+
+        Raises:
+            BagReadError: the bag breaks off; every message before the break has been yielded.
+        """
+        wanted = set(topics)
+        count, last = 0, None
+        if self._salvage_topics is not None:
+            for topic, msgtype, timestamp, raw in _salvage(_storage_files(self.path)):
+                if topic in wanted:
+                    yield timestamp, BagMessage(topic, msgtype, raw, self.deserialize(raw, msgtype))
+            return
+        connections = [c for c in self._reader.connections if c.topic in wanted]
+        iterator = self._reader.messages(connections=connections)
+        while True:
+            try:
+                item = next(iterator, None)
+                if item is None:
+                    return
+                connection, timestamp, raw = item
+                msg = self.deserialize(raw, connection.msgtype)
+            except Exception as err:  # rosbags, apsw, zstd and struct errors alike: re-raised with the position
+                where = f"after message {count}" + (f" (log time {last} ns)" if last is not None else "")
+                msg_ = f"{self.path}: cannot read {where}: {type(err).__name__}: {err}"
+                raise BagReadError(msg_) from err
+            count, last = count + 1, timestamp
+            yield timestamp, BagMessage(connection.topic, connection.msgtype, bytes(raw), msg)
+
+
+# ---- writer ---------------------------------------------------------------------------------------------------------
+@dataclass
+class BagOutput:
+    """A rosbag2 being written; thread-safe (the real-time replay writes from two threads).
+
+    Args:
+        path: output directory (must not exist; rosbags never overwrites).
+        storage: ``"mcap"`` or ``"sqlite3"``.
+        version: rosbag2 metadata version (8 = Jazzy's; rosbags writes 8 or 9).
+    """
+
+    path: Path
+    storage: str = "mcap"
+    version: int = 8
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        if self.storage not in ("mcap", "sqlite3"):
+            msg = f"--storage: {self.storage!r} is not 'mcap' or 'sqlite3'"
+            raise MFuserError(msg)
+        self.typestore = _rosbags()
+        self._writer: Any = None
+        self._connections: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        """Create the bag directory and its storage file."""
+        from rosbags.rosbag2 import StoragePlugin, Writer, WriterError  # noqa: PLC0415
+
+        plugin = StoragePlugin.MCAP if self.storage == "mcap" else StoragePlugin.SQLITE3
+        try:
+            writer = Writer(self.path, version=self.version, storage_plugin=plugin)
+            writer.open()
+        except WriterError as err:
+            msg = f"{self.path}: cannot create output bag: {err}"
+            raise MFuserError(msg) from err
+        self._writer = writer
+
+    def write_raw(self, topic: str, msgtype: str, timestamp_ns: int, raw: bytes) -> None:
+        """Write already-serialized ROS 2 CDR bytes."""
+        with self._lock:
+            connection = self._connections.get(topic)
+            if connection is None:
+                connection = self._writer.add_connection(topic, msgtype, typestore=self.typestore)
+                self._connections[topic] = connection
+            self._writer.write(connection, timestamp_ns, raw)
+            self.counts[topic] = self.counts.get(topic, 0) + 1
+
+    def write(self, topic: str, msgtype: str, timestamp_ns: int, msg: Any) -> None:
+        """Serialize a message object (any object with the type's fields) to CDR and write it."""
+        self.write_raw(topic, msgtype, timestamp_ns, self.typestore.serialize_cdr(msg, msgtype))
+
+    def image(self, header: Any, encoding: str, data: Any) -> Any:
+        """A sensor_msgs/Image with ``header`` and an unpadded (H, W[, C]) uint8 array."""
+        height, width = data.shape[:2]
+        return self.typestore.types[IMAGE_TYPE](header=header, height=height, width=width, encoding=encoding,
+                                                is_bigendian=0, step=int(data.strides[0]), data=data.reshape(-1))
+
+    def to_ros2(self, message: BagMessage) -> bytes:
+        """CDR bytes of an input image message: the bytes themselves for ROS 2, rebuilt for ROS 1."""
+        msg = message.msg
+        types = self.typestore.types
+        stamp = msg.header.stamp
+        header = types["std_msgs/msg/Header"](
+            stamp=types["builtin_interfaces/msg/Time"](sec=int(stamp.sec), nanosec=int(stamp.nanosec)),
+            frame_id=str(msg.header.frame_id))
+        if message.msgtype == COMPRESSED_TYPE:
+            out = types[COMPRESSED_TYPE](header=header, format=msg.format, data=msg.data)
+        else:
+            out = types[IMAGE_TYPE](header=header, height=msg.height, width=msg.width, encoding=msg.encoding,
+                                    is_bigendian=msg.is_bigendian, step=msg.step, data=msg.data)
+        return self.typestore.serialize_cdr(out, message.msgtype)
+
+    def close(self) -> None:
+        """Finish the storage file and write metadata.yaml (also after an interruption)."""
+        with self._lock:
+            if self._writer is not None:
+                writer, self._writer = self._writer, None
+                writer.close()
+
+    def __enter__(self) -> BagOutput:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> bool:
+        # Close, not abort, on errors too: the frames written so far stay a valid bag.
+        self.close()
+        return False

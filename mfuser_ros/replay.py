@@ -1,0 +1,612 @@
+"""``mfuser-replay``: run a recorded drive through the node's own frame pipeline, write an output bag, evaluate.
+
+Every camera frame goes through :class:`mfuser_ros.pipeline.FrameWorker` / :class:`SegmentationPipeline` — the
+objects the rclpy node runs — so labels in the output bag are what the node would have published. Two modes:
+
+- evaluation (default): frames are processed back to back and none is dropped; consecutive frames are batched the
+  way the node batches them (at most one frame per camera, at most ``max_batch``).
+- ``--realtime``: messages are fed at their recorded rate (times ``--rate``) into the node's latest-frame slots,
+  with the worker on its own thread, so frames are dropped exactly when the node would drop them and latency is
+  ``now - header.stamp`` on the bag's clock: what the vehicle would get from this machine.
+
+Outputs in ``--out``: a rosbag2 (mcap by default, ``--storage sqlite3``) with the topics read plus
+``<camera>/mfuser/labels`` (mono8) and ``<camera>/mfuser/color`` (bgr8), input headers copied; ``metrics.json``;
+``report.md``; ``montage.png``. Ground truth comes from label topics (``<camera>/ground_truth/labels``, mono8,
+matched by header stamp) or a folder of PNGs (``--gt-dir``). Ctrl-C, or a bag that breaks off, still leaves a
+valid bag and a report marked partial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+
+from mfuser_model.errors import MFuserError
+from mfuser_ros.bagio import IMAGE_TYPE, IMAGE_TYPES, BagInput, BagMessage, BagOutput, BagReadError
+from mfuser_ros.config import NodeConfig, load_node_config, node_config_from_params, output_topic
+from mfuser_ros.conversions import message_to_rgb
+from mfuser_ros.model_loader import LoadedModel, load_model
+from mfuser_ros.pipeline import CameraOutputs, FrameWorker, Wanted, stamp_ns
+from mfuser_ros.replay_eval import (
+    Evaluator,
+    GroundTruthDir,
+    GtFormat,
+    Montage,
+    StampMatcher,
+    gt_lut,
+    label_message_to_array,
+    latency_summary,
+    to_train_ids,
+    write_report,
+)
+
+__all__ = ["GT_SUFFIX", "ReplayError", "ReplayOptions", "ReplayResult", "find_camera_topics", "main", "run_replay"]
+
+# Ground-truth topic of a camera namespace when none is given: ``<camera>/ground_truth/labels``.
+GT_SUFFIX = "ground_truth/labels"
+EXIT_OK, EXIT_ERROR, EXIT_BAG_DAMAGED, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class ReplayError(MFuserError):
+    """Replay cannot start: no image topics, unknown topic, output exists. Names the file or topic."""
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """Everything one replay run needs (the CLI builds it; tests build it directly).
+
+    Attributes:
+        bag: input bag (rosbag2 directory, .mcap, .db3, or ROS 1 .bag). out: report folder (created).
+        node: the node configuration; ``image_topics`` is replaced by the topics replayed.
+        topics: camera topics; empty = every Image/CompressedImage topic except outputs and ground truth.
+        gt_topics: ``camera_topic -> label_topic``; cameras not listed use ``<camera>/ground_truth/labels``.
+        gt_dir / gt_key: folder of label PNGs keyed by header stamp (ns) or frame index.
+        gt_format: ground-truth values are Cityscapes ``labelids`` or ``trainids``.
+        storage: output bag storage, ``mcap`` or ``sqlite3``.
+        realtime / rate: play at the recorded rate (scaled) with the node's frame dropping.
+        outputs: optional outputs to write besides labels (``color``, ``overlay``, ``confidence``).
+        montage_rows: most sampled frames in the montage (0 = no montage).
+        max_frames: stop after this many camera frames (0 = all).
+        progress: show a progress bar on stderr.
+    """
+
+    bag: Path
+    out: Path
+    node: NodeConfig = field(default_factory=NodeConfig)
+    topics: tuple[str, ...] = ()
+    gt_topics: dict[str, str] = field(default_factory=dict)
+    gt_dir: Path | None = None
+    gt_key: Literal["stamp", "index"] = "stamp"
+    gt_format: GtFormat = "trainids"
+    storage: Literal["mcap", "sqlite3"] = "mcap"
+    realtime: bool = False
+    rate: float = 1.0
+    outputs: tuple[str, ...] = ("color",)
+    montage_rows: int = 8
+    max_frames: int = 0
+    progress: bool = True
+
+
+@dataclass
+class ReplayResult:
+    """What a run produced: the summary written to metrics.json, file paths and the CLI exit code."""
+
+    summary: dict[str, Any]
+    output_bag: Path
+    metrics_json: Path
+    report_md: Path
+    montage_png: Path | None
+    exit_code: int
+
+
+def _is_output_or_gt(topic: str) -> bool:
+    parts = topic.strip("/").split("/")
+    return "mfuser" in parts or topic.rstrip("/").endswith("/" + GT_SUFFIX) or topic.strip("/") == GT_SUFFIX
+
+
+def find_camera_topics(topics: dict[str, Any], gt_topics: Sequence[str] = ()) -> list[str]:
+    """Image and CompressedImage topics that are camera inputs (not mfuser outputs, not ground truth)."""
+    return sorted(t for t, info in topics.items()
+                  if info.msgtype in IMAGE_TYPES and not _is_output_or_gt(t) and t not in set(gt_topics))
+
+
+def _gt_topic_for(namespace: str) -> str:
+    return f"{namespace}/{GT_SUFFIX}" if namespace else f"/{GT_SUFFIX}"
+
+
+class _Progress:
+    """tqdm on stderr when asked, a no-op otherwise (tests, pipes)."""
+
+    def __init__(self, total: int | None, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm  # noqa: PLC0415
+
+            self.bar = tqdm(total=total, unit="frame", desc="replay", dynamic_ncols=True, file=sys.stderr,
+                            smoothing=0.1)
+
+    def update(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _ReplaySink:
+    """The node's OutputSink for a bag: writes outputs, evaluates, records latency. Thread-safe."""
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+        outputs = run.options.outputs
+        self._wanted = Wanted(color="color" in outputs, overlay="overlay" in outputs,
+                              confidence="confidence" in outputs)
+
+    def wanted(self, camera: int) -> Wanted:
+        return self._wanted
+
+    def publish(self, outputs: CameraOutputs) -> None:
+        self.run.on_output(outputs)
+
+
+class _Run:
+    """State of one replay: the pending input frames, evaluation, latency and the output bag."""
+
+    def __init__(self, options: ReplayOptions, cameras: list[str], topics: list[str], namespaces: list[str],
+                 gt_topics: dict[str, int], out_bag: BagOutput, progress: _Progress, expected: int) -> None:
+        import threading  # noqa: PLC0415
+
+        self.options = options
+        self.cameras = cameras
+        self.topics = topics
+        self.namespaces = namespaces
+        self.gt_topics = gt_topics
+        self.out_bag = out_bag
+        self.progress = progress
+        self.lock = threading.Lock()
+        self.pending: list[OrderedDict[int, tuple[int, BagMessage, int]]] = [OrderedDict() for _ in cameras]
+        self.read = [0] * len(cameras)
+        self.latency: list[list[float]] = [[] for _ in cameras]
+        self.evaluator = Evaluator(namespaces)
+        self.matchers = [StampMatcher() for _ in cameras]
+        self.lut = gt_lut(options.gt_format)
+        self.gt_dir = GroundTruthDir(options.gt_dir, options.gt_key) if options.gt_dir else None
+        self.gt_missing = [0] * len(cameras)
+        per_camera = max(1, expected // max(1, len(cameras)))
+        rows_per_camera = max(1, options.montage_rows // max(1, len(cameras)))
+        self.montage = Montage(every=max(1, per_camera // rows_per_camera), max_rows=options.montage_rows)
+        self.clock_ns: Callable[[], int] = time.time_ns
+        self.out_topics = {kind: [output_topic(ns, kind) for ns in namespaces]
+                           for kind in ("labels", "color", "overlay", "confidence")}
+
+    # -- inputs -----------------------------------------------------------------------------------------------------
+    def remember(self, camera: int, timestamp: int, message: BagMessage) -> None:
+        """Keep an input frame until its outputs come back (keyed by its header object, which the pipeline keeps)."""
+        with self.lock:
+            self.pending[camera][id(message.msg.header)] = (timestamp, message, self.read[camera])
+            self.read[camera] += 1
+
+    def on_gt(self, camera: int, message: BagMessage) -> None:
+        """A ground-truth label message from the bag."""
+        where = f"{self.options.bag} topic {message.topic}"
+        gt = to_train_ids(label_message_to_array(message.msg, where), self.options.gt_format, self.lut, where)
+        stamp = stamp_ns(message.msg.header)
+        with self.lock:
+            pred = self.matchers[camera].add_gt(stamp, gt)
+            if pred is not None:
+                self._evaluate(camera, stamp, pred, gt)
+
+    # -- outputs (worker thread in real-time mode) ----------------------------------------------------------------
+    def on_output(self, outputs: CameraOutputs) -> None:
+        t0 = time.perf_counter()
+        camera = outputs.camera
+        with self.lock:
+            pending = self.pending[camera]
+            key = id(outputs.header)
+            # Frames older than this one never came back: the latest-frame policy dropped them (real-time mode).
+            while pending and next(iter(pending)) != key:
+                pending.popitem(last=False)
+            timestamp, message, index = pending.pop(key)
+        out_ts = self.clock_ns() if self.options.realtime else timestamp
+        bag = self.out_bag
+        bag.write(self.out_topics["labels"][camera], IMAGE_TYPE, out_ts,
+                  bag.image(outputs.header, outputs.labels.encoding, outputs.labels.data))
+        for kind in ("color", "overlay", "confidence"):
+            image = getattr(outputs, kind)
+            if image is not None:
+                bag.write(self.out_topics[kind][camera], IMAGE_TYPE, out_ts,
+                          bag.image(outputs.header, image.encoding, image.data))
+        write_ms = (time.perf_counter() - t0) * 1e3
+        stamp = stamp_ns(outputs.header)
+        labels = outputs.labels.data
+        with self.lock:
+            if self.options.realtime:
+                self.latency[camera].append((self.clock_ns() - stamp) / 1e6)
+            else:
+                t = outputs.timing
+                self.latency[camera].append(t.decode_ms + t.model_ms + t.encode_ms + write_ms)
+            if self.montage.wants(index):
+                self.montage.add(self.namespaces[camera], stamp, message_to_rgb(message.msg), labels)
+            if self.gt_dir is not None:
+                path = self.gt_dir.find(self.namespaces[camera], stamp, index)
+                if path is None:
+                    self.gt_missing[camera] += 1
+                else:
+                    where = str(path)
+                    gt = to_train_ids(self.gt_dir.read(path), self.options.gt_format, self.lut, where)
+                    self._evaluate(camera, stamp, labels, gt)
+            elif camera in self.gt_topics.values():
+                gt = self.matchers[camera].add_pred(stamp, labels)
+                if gt is not None:
+                    self._evaluate(camera, stamp, labels, gt)
+
+    def _evaluate(self, camera: int, stamp: int, pred: np.ndarray, gt: np.ndarray) -> None:
+        self.evaluator.add(self.namespaces[camera], pred, gt)
+        self.montage.set_gt(self.namespaces[camera], stamp, gt)
+
+
+def _copy_input(out_bag: BagOutput, bag: BagInput, timestamp: int, message: BagMessage) -> None:
+    raw = message.raw if bag.is_ros2 else out_bag.to_ros2(message)
+    out_bag.write_raw(message.topic, message.msgtype, timestamp, raw)
+
+
+def _resolve_topics(options: ReplayOptions, bag: BagInput) -> tuple[list[str], dict[str, str]]:
+    topics = bag.topics
+    explicit_gt = dict(options.gt_topics)
+    for camera, gt in explicit_gt.items():
+        for t in (camera, gt):
+            if t not in topics:
+                msg = f"{options.bag}: --gt-topic names {t!r}, which is not in the bag (topics: {sorted(topics)})"
+                raise ReplayError(msg)
+    if options.topics:
+        cameras = list(options.topics)
+        for t in cameras:
+            if t not in topics:
+                msg = f"{options.bag}: topic {t!r} is not in the bag (topics: {sorted(topics)})"
+                raise ReplayError(msg)
+            if topics[t].msgtype not in IMAGE_TYPES:
+                msg = f"{options.bag}: topic {t!r} is {topics[t].msgtype}, not sensor_msgs/Image or CompressedImage"
+                raise ReplayError(msg)
+    else:
+        cameras = find_camera_topics(topics, list(explicit_gt.values()))
+    if not cameras:
+        listing = ", ".join(f"{t} ({i.msgtype})" for t, i in sorted(topics.items())) or "none"
+        damage = f"; the bag is damaged: {bag.salvage_error or bag.damaged}" if bag.damaged else ""
+        msg = (f"{options.bag}: no camera topics (sensor_msgs/msg/Image or CompressedImage) found; "
+               f"topics: {listing}{damage}")
+        raise ReplayError(msg)
+    return cameras, explicit_gt
+
+
+def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: NodeConfig, out_bag: Path,
+             wall_s: float, partial_reason: str | None, damaged: str | None) -> dict[str, Any]:
+    names = run.evaluator.class_names
+    cams: dict[str, Any] = {}
+    processed = 0
+    for i, (topic, ns) in enumerate(zip(run.cameras, run.namespaces, strict=True)):
+        stats = worker.stats[i]
+        processed += stats.frames_out
+        evaluated = run.evaluator.frames[ns]
+        cams[ns] = {
+            "topic": topic,
+            "frames_in": run.read[i],
+            "frames_out": stats.frames_out,
+            "dropped": stats.dropped,
+            "failed": stats.errors,
+            "last_error": stats.last_error or None,
+            "evaluated": evaluated,
+            "gt_unmatched": (run.matchers[i].unmatched_preds if run.gt_dir is None else run.gt_missing[i]),
+            "metrics": run.evaluator.matrices[ns].to_dict(names) if evaluated else None,
+            "latency_ms": latency_summary(run.latency[i]),
+        }
+    evaluated_total = sum(run.evaluator.frames.values())
+    all_latency = [v for lat in run.latency for v in lat]
+    return {
+        "partial": partial_reason is not None,
+        "partial_reason": partial_reason,
+        "bag": str(options.bag),
+        "bag_damaged": damaged,
+        "output_bag": str(out_bag),
+        "storage": options.storage,
+        "mode": f"realtime (rate {options.rate:g})" if options.realtime else "evaluation (no frame dropped)",
+        "model": {"checkpoint": config.checkpoint or None, "preset": config.preset or None, "device": config.device,
+                  "precision": config.precision, "inference_mode": config.inference_mode,
+                  "max_batch": config.max_batch},
+        "gt": {"source": str(options.gt_dir) if options.gt_dir else "topics", "format": options.gt_format,
+               "topics": {run.cameras[c]: t for t, c in run.gt_topics.items()} if options.gt_dir is None else {}},
+        "frames": {"read": sum(run.read), "processed": processed,
+                   "dropped": sum(s.dropped for s in worker.stats), "failed": sum(s.errors for s in worker.stats),
+                   "evaluated": evaluated_total},
+        "wall_s": wall_s,
+        "throughput_fps": processed / wall_s if wall_s > 0 else 0.0,
+        "latency_definition": ("now - header.stamp on the bag clock when the outputs are written"
+                               if options.realtime else
+                               "per frame: decode + model call of its batch + encode + bag write (no queueing)"),
+        "cameras": cams,
+        "overall": {"metrics": run.evaluator.overall().to_dict(names) if evaluated_total else None,
+                    "latency_ms": latency_summary(all_latency)},
+        "class_names": list(names),
+    }
+
+
+def run_replay(options: ReplayOptions, *, loaded: LoadedModel | None = None,
+               on_frame: Callable[[int], None] | None = None) -> ReplayResult:
+    """Replay a bag through the node's frame pipeline and write the output bag and report.
+
+    Args:
+        options: what to replay and where to write.
+        loaded: an already loaded model (else built from ``options.node``).
+        on_frame: called with the number of camera frames read so far, after each one is handed to the
+            pipeline (tests interrupt here).
+
+    Raises:
+        ReplayError: no camera topics, unknown topics, or the output bag already exists.
+        BagReadError: the bag cannot be opened at all.
+        ConfigError / CheckpointError: bad node configuration or model file.
+    """
+    options.out.mkdir(parents=True, exist_ok=True)
+    out_bag_path = options.out / f"{options.bag.stem or 'replay'}_mfuser"
+    if out_bag_path.exists():
+        msg = f"{out_bag_path}: output bag exists already; choose another --out or remove it"
+        raise ReplayError(msg)
+    with BagInput(options.bag) as bag:
+        if bag.damaged:
+            print(f"mfuser-replay: warning: {options.bag}: rosbags cannot open it ({bag.damaged}); "
+                  "reading it front to back to keep every frame before the damage", file=sys.stderr)
+        cameras, explicit_gt = _resolve_topics(options, bag)
+        config = replace(options.node, image_topics=tuple(cameras), camera_names=())
+        namespaces = config.camera_namespaces()
+        topics = bag.topics
+        gt_topics: dict[str, int] = {}
+        if options.gt_dir is None:
+            for i, (topic, ns) in enumerate(zip(cameras, namespaces, strict=True)):
+                gt = explicit_gt.get(topic) or _gt_topic_for(ns)
+                if gt in topics:
+                    gt_topics[gt] = i
+        if loaded is None:
+            loaded = load_model(config)
+        expected_counts = [topics[t].count for t in cameras]
+        expected = sum(expected_counts) if all(c is not None for c in expected_counts) else None
+        if options.max_frames and expected is not None:
+            expected = min(expected, options.max_frames)
+        progress = _Progress(expected, options.progress)
+        out_bag = BagOutput(out_bag_path, storage=options.storage)
+        run = _Run(options, cameras, list(topics), namespaces, gt_topics, out_bag, progress, expected or 0)
+        worker = FrameWorker(loaded.pipeline, namespaces, _ReplaySink(run), warn=progress.write,
+                             log_throttle_s=config.log_throttle_s, stats_window_s=config.stats_window_s)
+        t_start = time.perf_counter()
+        out_bag.open()
+        try:
+            partial, exit_code = _play(bag, run, _Player(run, worker, loaded, config), gt_topics, on_frame)
+        finally:
+            worker.stop()
+            progress.close()
+            out_bag.close()
+        wall_s = time.perf_counter() - t_start
+        summary = _summary(options, run, worker, config, out_bag_path, wall_s, partial, bag.damaged)
+    montage_path = options.out / "montage.png"
+    has_montage = options.montage_rows > 0 and run.montage.save(montage_path)
+    json_path, md_path = write_report(options.out, summary, run.evaluator, montage_path.name if has_montage else None)
+    return ReplayResult(summary, out_bag_path, json_path, md_path, montage_path if has_montage else None, exit_code)
+
+
+class _Player:
+    """Feeds the bag's camera frames to the node's worker: back to back (evaluation) or at the recorded rate."""
+
+    def __init__(self, run: _Run, worker: FrameWorker, loaded: LoadedModel, config: NodeConfig) -> None:
+        self.run = run
+        self.worker = worker
+        self.loaded = loaded
+        self.max_batch = config.max_batch
+        self.warmed = not config.warmup
+        self.batch: list[tuple[int, Any]] = []
+        self.bag_t0: int | None = None
+        self.wall_t0 = 0
+        self.rate = run.options.rate
+        if run.options.realtime:
+            run.clock_ns = self.bag_clock
+            worker.clock_ns = self.bag_clock
+            worker.start()
+
+    def bag_clock(self) -> int:
+        """The bag's time as it plays (``use_sim_time`` for the node)."""
+        return (self.bag_t0 or 0) + int((time.monotonic_ns() - self.wall_t0) * self.rate)
+
+    def warmup(self, msg: Any) -> None:
+        """The node warms up at activation; here on the first frame's size, before any timing."""
+        self.warmed = True
+        with contextlib.suppress(MFuserError):  # a malformed first frame is counted by the pipeline itself
+            self.loaded.pipeline.warmup(*message_to_rgb(msg, self.loaded.pipeline.limits).shape[:2])
+
+    def frame(self, camera: int, timestamp: int, msg: Any) -> None:
+        """Hand one camera frame to the worker."""
+        if not self.warmed:
+            self.warmup(msg)
+        if self.run.options.realtime:
+            if self.bag_t0 is None:
+                self.bag_t0, self.wall_t0 = timestamp, time.monotonic_ns()
+            delay = (timestamp - self.bag_t0) / self.rate - (time.monotonic_ns() - self.wall_t0)
+            if delay > 0:
+                time.sleep(delay / 1e9)
+            self.worker.submit(camera, msg)
+            return
+        # The node's batching: the newest frame of each camera, at most max_batch frames per model call.
+        if any(c == camera for c, _ in self.batch) or len(self.batch) >= self.max_batch:
+            self.flush()
+        self.batch.append((camera, msg))
+
+    def flush(self) -> None:
+        """Process the frames waiting for a batch."""
+        if self.batch:
+            batch, self.batch = self.batch, []
+            self.worker.process(batch)
+
+    def finish(self) -> None:
+        """Process what is left (evaluation) or wait for the worker to take every frame (real time)."""
+        self.flush()
+        if self.run.options.realtime:
+            _drain(self.worker, self.run)
+
+
+def _play(bag: BagInput, run: _Run, player: _Player, gt_topics: dict[str, int],
+          on_frame: Callable[[int], None] | None) -> tuple[str | None, int]:
+    """Read the bag and feed the player; returns (partial reason or None, exit code)."""
+    camera_index = {t: i for i, t in enumerate(run.cameras)}
+    frames_read = 0
+    try:
+        for timestamp, message in bag.messages(run.cameras + list(gt_topics)):
+            _copy_input(run.out_bag, bag, timestamp, message)
+            if message.topic in gt_topics:
+                run.on_gt(gt_topics[message.topic], message)
+                continue
+            camera = camera_index[message.topic]
+            run.remember(camera, timestamp, message)
+            player.frame(camera, timestamp, message.msg)
+            frames_read += 1
+            run.progress.update()
+            if on_frame is not None:
+                on_frame(frames_read)
+            if run.options.max_frames and frames_read >= run.options.max_frames:
+                break
+        player.finish()
+    except KeyboardInterrupt:
+        return (f"interrupted (Ctrl-C) after {frames_read} camera frames; the rest of the bag was not replayed",
+                EXIT_INTERRUPTED)
+    except BagReadError as err:
+        return f"the input bag breaks off: {err}", EXIT_BAG_DAMAGED
+    return None, EXIT_OK
+
+def _drain(worker: FrameWorker, run: _Run, timeout_s: float = 120.0) -> None:
+    """Wait until the worker has taken (processed, failed or dropped) every submitted frame."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done = all(s.frames_out + s.errors + s.dropped >= s.frames_in for s in worker.stats)
+        if done:
+            return
+        time.sleep(0.005)
+    run.progress.write("mfuser-replay: warning: the worker did not finish the last frames in time")
+
+
+# ---- CLI ------------------------------------------------------------------------------------------------------------
+def _parse_gt_topics(values: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for v in values:
+        camera, sep, gt = v.partition("=")
+        if not sep or not camera or not gt:
+            msg = f"--gt-topic {v!r}: expected CAMERA_TOPIC=LABEL_TOPIC"
+            raise ReplayError(msg)
+        out[camera] = gt
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mfuser-replay`` command line."""
+    p = argparse.ArgumentParser(prog="mfuser-replay", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bag", type=Path, help="rosbag2 directory, .mcap, .db3 or ROS 1 .bag")
+    p.add_argument("--out", type=Path, required=True, help="report folder: output bag, metrics.json, report.md")
+    p.add_argument("--checkpoint", help="whole-model .safetensors file (mfuser-train output)")
+    p.add_argument("--preset", help="model preset (with --checkpoint: must match; alone: random weights)")
+    p.add_argument("--config", type=Path, help="node parameter file (ROS 2 YAML, e.g. config/mfuser_node.yaml)")
+    p.add_argument("--device", help="cpu or cuda[:N] (default: the node config's)")
+    p.add_argument("--max-batch", type=int, help="frames per model call (default: the node config's)")
+    p.add_argument("--topics", nargs="+", default=(), help="camera topics (default: every image topic)")
+    p.add_argument("--gt-topic", action="append", default=[], metavar="CAMERA_TOPIC=LABEL_TOPIC",
+                   help=f"ground-truth label topic of a camera (default: <camera>/{GT_SUFFIX})")
+    p.add_argument("--gt-dir", type=Path, help="folder of label PNGs: <camera>/<stamp_ns or index>.png")
+    p.add_argument("--gt-key", choices=("stamp", "index"), default="stamp", help="how --gt-dir files are named")
+    p.add_argument("--gt-format", choices=("labelids", "trainids"), default="trainids",
+                   help="ground truth holds Cityscapes labelIds or train ids (default)")
+    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="output bag storage")
+    p.add_argument("--realtime", action="store_true", help="play at the recorded rate and drop frames as the node")
+    p.add_argument("--rate", type=float, default=1.0, help="playback speed factor for --realtime")
+    p.add_argument("--outputs", nargs="*", default=["color"], choices=("color", "overlay", "confidence"),
+                   help="outputs besides labels (default: color)")
+    p.add_argument("--montage-rows", type=int, default=8, help="sampled frames in montage.png (0: none)")
+    p.add_argument("--max-frames", type=int, default=0, help="stop after this many camera frames (0: all)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> ReplayOptions:
+    """ReplayOptions from parsed arguments (loads the node config file, applies overrides)."""
+    overrides: dict[str, Any] = {"warmup": True}
+    if args.checkpoint:
+        overrides["checkpoint"] = args.checkpoint
+        overrides["preset"] = args.preset or ""
+    elif args.preset:
+        overrides["preset"] = args.preset
+    if args.device:
+        overrides["device"] = args.device
+    if args.max_batch:
+        overrides["max_batch"] = args.max_batch
+    node = load_node_config(args.config, overrides) if args.config else node_config_from_params(overrides)
+    if not node.checkpoint and not args.preset:
+        msg = "give --checkpoint MODEL.safetensors (or --preset NAME for an untrained model, smoke tests only)"
+        raise ReplayError(msg)
+    if args.rate <= 0:
+        msg = f"--rate must be > 0, got {args.rate}"
+        raise ReplayError(msg)
+    return ReplayOptions(bag=args.bag, out=args.out, node=node, topics=tuple(args.topics),
+                         gt_topics=_parse_gt_topics(args.gt_topic), gt_dir=args.gt_dir, gt_key=args.gt_key,
+                         gt_format=args.gt_format, storage=args.storage, realtime=args.realtime, rate=args.rate,
+                         outputs=tuple(args.outputs), montage_rows=args.montage_rows, max_frames=args.max_frames,
+                         progress=not args.no_progress and sys.stderr.isatty())
+
+
+def _print_result(result: ReplayResult) -> None:
+    s = result.summary
+    overall = s["overall"]["metrics"]
+    lat = s["overall"]["latency_ms"]
+    print(f"frames: {s['frames']['processed']} segmented, {s['frames']['dropped']} dropped, "
+          f"{s['frames']['failed']} failed, {s['frames']['evaluated']} evaluated")
+    for name, cam in s["cameras"].items():
+        m = cam["metrics"]
+        miou = f"{100 * m['mIoU']:.2f}" if m and m["mIoU"] is not None else "n/a"
+        print(f"  {name or '/'}: {cam['frames_out']} frames, mIoU {miou}")
+    if overall and overall["mIoU"] is not None:
+        print(f"overall mIoU {100 * overall['mIoU']:.2f}, pixel accuracy {100 * overall['aAcc']:.2f}")
+    if lat["p50"] is not None:
+        print(f"latency ms p50 {lat['p50']:.1f} p95 {lat['p95']:.1f} p99 {lat['p99']:.1f}; "
+              f"throughput {s['throughput_fps']:.2f} frames/s")
+    print(f"output bag: {result.output_bag}")
+    print(f"report: {result.report_md}" + (f", montage: {result.montage_png}" if result.montage_png else ""))
+    if s["partial"]:
+        print(f"PARTIAL: {s['partial_reason']}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``mfuser-replay`` (and ``ros2 run mfuser_ros mfuser_replay``)."""
+    args = build_parser().parse_args(argv)
+    try:
+        cv2.setNumThreads(1)  # the model gets the cores; per-frame OpenCV work is small
+        result = run_replay(options_from_args(args))
+    except MFuserError as err:
+        print(f"mfuser-replay: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("mfuser-replay: interrupted before any frame was replayed", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    _print_result(result)
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
