@@ -64,5 +64,8 @@ setup(
         "mfuser-segment = mfuser_model.segment_cli:main",
         "mfuser-train = training.train:main",
         "mfuser-eval = training.eval_cli:main",
+        "mfuser-replay = mfuser_ros.replay:main",
+        "mfuser_replay = mfuser_ros.replay:main",
+        "mfuser-make-demo-bag = mfuser_ros.make_demo_bag:main",
     ]},
 )
