@@ -16,11 +16,14 @@ from mfuser_model.weights.backbones import (
     resize_pos_embed,
 )
 from mfuser_model.weights.io import LoadReport, load_into, read_state_dict, read_torchscript_tensors
+from mfuser_model.weights.tokenizer import TextTokenizer, build_tokenizer
 
 __all__ = [
     "LoadReport",
+    "TextTokenizer",
     "VlmLoadResult",
     "VlmWeights",
+    "build_tokenizer",
     "convert_dinov2",
     "convert_vlm",
     "detect_dinov2_format",
