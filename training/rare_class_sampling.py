@@ -88,12 +88,22 @@ def _write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
-def _cache_matches(stats: Any, dataset: SegmentationDataset) -> bool:
-    if not isinstance(stats, list) or len(stats) != len(dataset):
-        return False
+def _relative_entries(stats: Any, dataset: SegmentationDataset) -> list[dict[str, Any]] | None:
+    """Cache entries with ``file`` relative to the stats folder, or None if the cache is not for these labels.
+
+    DAFormer's converters (which MFuser's tools reuse) store absolute label paths; those are accepted too.
+    """
+    if not isinstance(stats, list) or len(stats) != len(dataset) or not all(isinstance(e, dict) for e in stats):
+        return None
     stats_dir = dataset.stats_dir.resolve()
+    out = []
+    for e in stats:
+        f = e.get("file")
+        if not isinstance(f, str):
+            return None
+        out.append(e | {"file": os.path.relpath(f, stats_dir) if os.path.isabs(f) else f})
     expected = {os.path.relpath(p.resolve(), stats_dir) for p in dataset.labels}
-    return all(isinstance(e, dict) for e in stats) and {e.get("file") for e in stats} == expected
+    return out if {e["file"] for e in out} == expected else None
 
 
 def load_or_compute_stats(
@@ -121,8 +131,9 @@ def load_or_compute_stats(
             except (OSError, ValueError) as err:
                 _log.warning("%s: unreadable RCS cache (%s); recomputing", path, err)
                 continue
-            if _cache_matches(stats, dataset):
-                by_file = {e["file"]: e for e in stats}
+            entries = _relative_entries(stats, dataset)
+            if entries is not None:
+                by_file = {e["file"]: e for e in entries}
                 stats_dir = dataset.stats_dir.resolve()
                 ordered = [by_file[os.path.relpath(p.resolve(), stats_dir)] for p in dataset.labels]
                 return ordered, path

@@ -246,6 +246,15 @@ def test_rcs_stats_are_cached_beside_the_data_and_reused(tmp_path, monkeypatch):
     np.testing.assert_allclose(again.class_probs, sampler.class_probs)
 
 
+def test_rcs_reads_daformer_caches_with_absolute_paths(tmp_path, monkeypatch):
+    write_gtav(tmp_path, 2, (W, H), seed=12)
+    stats = [{"file": str(tmp_path / "labels" / f"0000{i}.png"), "0": 100 + i} for i in range(2)]
+    (tmp_path / "sample_class_stats.json").write_text(json.dumps(stats))
+    monkeypatch.setattr(rcs, "compute_class_stats", lambda *a, **k: pytest.fail("recomputed"))
+    loaded, _ = rcs.load_or_compute_stats(GTAVDataset(tmp_path))
+    assert [e["0"] for e in loaded] == [100, 101]
+
+
 def test_rcs_cache_for_other_files_is_recomputed(tmp_path):
     write_gtav(tmp_path, 2, (W, H), seed=12)
     (tmp_path / "sample_class_stats.json").write_text(json.dumps([{"file": "labels/other.png", "0": 5}]))
