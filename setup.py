@@ -62,6 +62,7 @@ setup(
         "mfuser_node = mfuser_ros.node:main",
         "mfuser-node = mfuser_ros.cli:main",
         "mfuser-segment = mfuser_model.segment_cli:main",
+        "mfuser-export = mfuser_model.export_cli:main",
         "mfuser-train = training.train:main",
         "mfuser-eval = training.eval_cli:main",
         "mfuser-replay = mfuser_ros.replay:main",

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from mfuser_model.errors import ConfigError
 from mfuser_model.preprocess import normalize
 
-__all__ = ["Precision", "SegmentationResult", "Segmenter", "slide_scores", "whole_scores"]
+__all__ = ["Precision", "SegmentationResult", "Segmenter", "build_segmenter", "slide_scores", "whole_scores"]
 
 Precision = Literal["fp32", "fp16", "bf16"]
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, H, W) normalised -> (B, K, H, W) scores
@@ -146,6 +146,16 @@ class Segmenter:
     def segment(self, image: np.ndarray, output_size: tuple[int, int] | None = None) -> SegmentationResult:
         """Segment one (H, W, 3) uint8 RGB image."""
         return self.segment_batch([image], [output_size])[0]
+
+
+def build_segmenter(model: torch.nn.Module, *, decoder_backend: str = "torch", **kwargs: object) -> Segmenter:
+    """A Segmenter whose decode head runs on ``torch``, ``onnxruntime`` or ``tensorrt``.
+
+    See :func:`mfuser_model.decoder_backends.build_segmenter` (imported here lazily: it pulls in the exporters).
+    """
+    from mfuser_model.decoder_backends import build_segmenter as _build  # noqa: PLC0415
+
+    return _build(model, decoder_backend=decoder_backend, **kwargs)
 
 
 def _to_result(scores: torch.Tensor, size: tuple[int, int] | None) -> SegmentationResult:
