@@ -123,8 +123,8 @@ def _convert(img: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarr
 
 @dataclass
 class PhotoMetricDistortion:
-    """mmseg PhotoMetricDistortion (defaults): each step applied with probability 0.5, in order brightness ->
-    contrast (mode 0) -> saturation -> hue -> contrast (mode 1), the contrast position drawn per call."""
+    """mmseg PhotoMetricDistortion (defaults): brightness, contrast, saturation and hue, each applied with
+    probability 0.5; contrast comes either right after brightness or last (drawn per call, as mmseg's ``mode``)."""
 
     brightness_delta: int = 32
     contrast_range: tuple[float, float] = (0.5, 1.5)
