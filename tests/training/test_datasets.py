@@ -16,6 +16,7 @@ from training.datasets import BDD100KDataset, CityscapesDataset, GTAVDataset, Ma
 from training.errors import DatasetError
 from training.label_maps import (
     CITYSCAPES_LABEL_TO_TRAIN,
+    MAPILLARY_CITYSCAPES_DEFINITIONS,
     MAPILLARY_NARROW,
     MAPILLARY_V12_NAMES,
     SYNTHIA_TO_TRAIN,
@@ -48,6 +49,18 @@ def test_cityscapes_table_agrees_with_cityscapesscripts():
 def test_synthia_table_covers_each_class_once():
     assert sorted(SYNTHIA_TO_TRAIN.values()) == list(range(19))
     assert SYNTHIA_TO_TRAIN[3] == 0 and SYNTHIA_TO_TRAIN[1] == 10 and SYNTHIA_TO_TRAIN[8] == 13
+
+
+def test_mapillary_tables_use_real_label_names():
+    # v2.0-only names in the "cityscapes" table, as spelled in Mapillary's config_v2.0.json.
+    v20_only = {
+        "object--support--pole-group", "object--traffic-sign--direction-front",
+        "object--traffic-sign--information-parking", "object--traffic-sign--temporary-front",
+        "human--person--individual", "human--person--person-group",
+    }
+    assert set(MAPILLARY_CITYSCAPES_DEFINITIONS) <= set(MAPILLARY_V12_NAMES) | v20_only
+    assert set(MAPILLARY_CITYSCAPES_DEFINITIONS.values()) == set(range(19))
+    assert set(MAPILLARY_NARROW.values()) == set(range(19))
 
 
 def test_mapillary_names_map_by_name():
