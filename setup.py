@@ -28,6 +28,7 @@ CORE = [
     "tqdm==4.70.1",
     "ftfy==6.3.1",
     "regex==2026.11.19",
+    "pillow==13.0.0",  # label PNGs in palette mode (Mapillary, BDD colormaps) need PIL, not cv2
 ]
 EXTRAS = {
     # CUDA kernels: only on a CUDA torch (their setup builds a URL from torch.version.cuda).
@@ -65,6 +66,7 @@ setup(
         "mfuser-export = mfuser_model.export_cli:main",
         "mfuser-train = training.train:main",
         "mfuser-eval = training.eval_cli:main",
+        "mfuser-make-synthetic = training.make_synthetic:main",
         "mfuser-replay = mfuser_ros.replay:main",
         "mfuser_replay = mfuser_ros.replay:main",
         "mfuser-make-demo-bag = mfuser_ros.make_demo_bag:main",
