@@ -1,0 +1,302 @@
+"""The bare-DDS transport: ROS 2 wire format (bytes equal rosbags' CDR) and the node in its own process.
+
+Network traffic stays on loopback: CYCLONEDDS_URI pins Cyclone to ``lo`` without multicast, with 127.0.0.1 as the
+only peer, and every run uses its own domain id.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("cyclonedds", reason="cyclonedds is part of the [ros] extra")
+
+from mfuser_model.classes import CITYSCAPES_CLASSES
+from mfuser_ros.conversions import image_to_rgb
+from mfuser_ros.dds import (
+    CompressedImage_,
+    DiagnosticArray_,
+    DiagnosticStatus_,
+    Header_,
+    Image_,
+    KeyValue_,
+    LabelInfo_,
+    Time_,
+    VisionClass_,
+    dds_qos,
+    dds_topic_name,
+    loopback_uri,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+VISION_MSGS = {
+    "vision_msgs/msg/VisionClass": "uint16 class_id\nstring class_name\n",
+    "vision_msgs/msg/LabelInfo": "std_msgs/Header header\nvision_msgs/VisionClass[] class_map\nfloat32 threshold\n",
+}
+
+
+# ---- wire format ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("height", "width", "encoding"), [(480, 640, "rgb8"), (3, 5, "mono8"), (0, 0, "bgr8")])
+def test_image_bytes_on_the_wire_equal_rosbags_cdr(typestore, msgs, height, width, encoding):
+    channels = 1 if encoding == "mono8" else 3
+    data = np.random.default_rng(0).integers(0, 256, height * width * channels, dtype=np.uint8)
+    ros = msgs.Image(header=msgs.header(sec=-3, nanosec=999_999_999, frame_id="cam"), height=height, width=width,
+                     encoding=encoding, is_bigendian=0, step=width * channels, data=data)
+    dds = Image_(Header_(Time_(-3, 999_999_999), "cam"), height, width, encoding, 0, width * channels, data)
+    assert dds.serialize() == bytes(typestore.serialize_cdr(ros, "sensor_msgs/msg/Image"))
+
+
+def test_image_from_rosbags_cdr_decodes_to_the_same_pixels(typestore, msgs, scene):
+    ros = msgs.image(scene(12, 16), "bgr8", header=msgs.header(sec=4, nanosec=5, frame_id="f"))
+    dds = Image_.deserialize(bytes(typestore.serialize_cdr(ros, "sensor_msgs/msg/Image")))
+    assert (dds.header.stamp.sec, dds.header.stamp.nanosec, dds.header.frame_id) == (4, 5, "f")
+    np.testing.assert_array_equal(image_to_rgb(dds), image_to_rgb(ros))
+
+
+def test_compressed_image_bytes_equal_rosbags_cdr(typestore, msgs, scene):
+    ros = msgs.compressed(scene(16, 16), "jpeg")
+    dds = CompressedImage_(Header_(Time_(12, 345), "camera_optical"), "jpeg", ros.data)
+    assert dds.serialize() == bytes(typestore.serialize_cdr(ros, "sensor_msgs/msg/CompressedImage"))
+    assert CompressedImage_.deserialize(dds.serialize()).data == ros.data.tobytes()
+
+
+def test_diagnostics_bytes_equal_rosbags_cdr(typestore, msgs):
+    types = typestore.types
+    ros = types["diagnostic_msgs/msg/DiagnosticArray"](header=msgs.header(), status=[
+        types["diagnostic_msgs/msg/DiagnosticStatus"](level=1, name="n", message="m", hardware_id="h", values=[
+            types["diagnostic_msgs/msg/KeyValue"](key="dropped", value="3")])])
+    dds = DiagnosticArray_(Header_(Time_(12, 345), "camera_optical"),
+                           [DiagnosticStatus_(1, "n", "m", "h", [KeyValue_("dropped", "3")])])
+    assert dds.serialize() == bytes(typestore.serialize_cdr(ros, "diagnostic_msgs/msg/DiagnosticArray"))
+
+
+def test_label_info_bytes_equal_rosbags_cdr(msgs):
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    for name, text in VISION_MSGS.items():
+        store.register(get_types_from_msg(text, name))
+    vision_class, label_info = store.types["vision_msgs/msg/VisionClass"], store.types["vision_msgs/msg/LabelInfo"]
+    ros = label_info(header=msgs.header(), class_map=[vision_class(class_id=i, class_name=n)
+                                                      for i, n in enumerate(CITYSCAPES_CLASSES)], threshold=0.5)
+    dds = LabelInfo_(Header_(Time_(12, 345), "camera_optical"),
+                     [VisionClass_(i, n) for i, n in enumerate(CITYSCAPES_CLASSES)], 0.5)
+    assert dds.serialize() == bytes(store.serialize_cdr(ros, "vision_msgs/msg/LabelInfo"))
+
+
+@pytest.mark.parametrize(("name", "namespace", "expected"), [
+    ("camera/image_raw", "/", "rt/camera/image_raw"),
+    ("camera/image_raw", "/robot", "rt/robot/camera/image_raw"),
+    ("/diagnostics", "/robot", "rt/diagnostics"),
+    ("~/debug", "/robot", "rt/robot/mfuser_node/debug"),
+])
+def test_ros_names_map_to_dds_topics(name, namespace, expected):
+    assert dds_topic_name(name, namespace) == expected
+
+
+# ---- the node in another process, over loopback ----------------------------------------------------------------
+
+def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` s pass (every wait in these tests is bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+class Camera:
+    """The test side: camera publishers and readers of the node's outputs, on the node's domain."""
+
+    def __init__(self, domain_id: int) -> None:
+        from cyclonedds.domain import DomainParticipant
+        from cyclonedds.pub import DataWriter
+        from cyclonedds.sub import DataReader
+        from cyclonedds.topic import Topic
+
+        self.dp = DomainParticipant(domain_id)
+
+        def writer(name, cls):
+            return DataWriter(self.dp, Topic(self.dp, dds_topic_name(name), cls), qos=dds_qos("sensor_data", 1))
+
+        def reader(name, cls, depth=200, transient_local=False):
+            return DataReader(self.dp, Topic(self.dp, dds_topic_name(name), cls),
+                              qos=dds_qos("reliable", depth, transient_local))
+
+        self.front = writer("front/image_raw", Image_)
+        self.rear = writer("rear/image_raw/compressed", CompressedImage_)
+        self.front_labels = reader("front/mfuser/labels", Image_)
+        self.rear_labels = reader("rear/mfuser/labels", Image_)
+        self.front_color = reader("front/mfuser/color", Image_)
+        self.diagnostics = reader("/diagnostics", DiagnosticArray_, depth=50)
+        self.reader = reader
+
+    def collect(self, reader, until, timeout: float) -> list:
+        got = []
+
+        def poll():
+            got.extend(reader.take(N=100))
+            return until(got)
+
+        wait_until(poll, timeout)
+        return got
+
+    def camera_values(self, camera: str, timeout: float = 10.0) -> dict[str, str]:
+        """Key/values of the newest /diagnostics status of ``camera`` published after this call."""
+        self.diagnostics.take(N=100)  # discard older arrays
+        arrays = self.collect(self.diagnostics, lambda got: len(got) > 0, timeout)
+        assert arrays, "no /diagnostics from the node"
+        (status,) = [s for s in arrays[-1].status if s.name == f"mfuser_node: {camera} segmentation"]
+        return {kv.key: kv.value for kv in status.values}
+
+
+def rgb_image(stamp: Time_, height: int = 96, width: int = 128, frame_id: str = "front_optical") -> Image_:
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = np.stack([x * 2, y * 2, (x + y)], -1).astype(np.uint8)
+    return Image_(Header_(stamp, frame_id), height, width, "rgb8", 0, width * 3, pixels)
+
+
+@pytest.fixture(scope="module")
+def node_process():
+    """The node (``mfuser-node --transport dds``) in its own process, on a loopback-only, per-run domain."""
+    domain_id = 1 + os.getpid() % 200
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CYCLONEDDS_URI", loopback_uri())
+        env = dict(os.environ)
+        cmd = [sys.executable, "-m", "mfuser_ros.cli", "--transport", "dds", "--loopback", "--domain-id",
+               str(domain_id), "--config", str(REPO / "config" / "mfuser_node.yaml"),
+               "-p", "image_topics=[front/image_raw, rear/image_raw/compressed]", "-p", "warmup=false",
+               "-p", "diagnostics_period_s=0.3", "-p", "stats_window_s=60.0", "-p", "log_throttle_s=60.0",
+               "--duration", "170"]
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            line = proc.stdout.readline()  # the node prints its ready line once its topics exist
+            if "ready" not in line:
+                proc.kill()
+                pytest.fail(f"node did not start: {line!r} {proc.stderr.read()[-2000:]}")
+            camera = Camera(domain_id)
+            assert wait_until(lambda: camera.front.get_publication_matched_status().current_count > 0
+                              and camera.rear.get_publication_matched_status().current_count > 0, 20.0), \
+                "the node's subscriptions were not discovered over loopback"
+            # Discovery can be one-sided for a moment (our writer sees the reader first); one answered frame
+            # proves the whole path works before the tests measure anything.
+            hello = Time_(1, 1)
+            replies = send_until_reply(camera.front, lambda: rgb_image(hello), camera.front_labels,
+                                       lambda r: r.header.stamp == hello)
+            assert any(r.header.stamp == hello for r in replies), "the node never answered over loopback"
+            yield proc, camera
+        finally:
+            proc.terminate()
+            try:
+                proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+
+
+def send_until_reply(writer, make_msg, reader, match, attempts: int = 20, period: float = 0.5) -> list:
+    """Publish (best effort) until a reply matching ``match`` arrives; at most ``attempts`` sends."""
+    replies = []
+    for _ in range(attempts):
+        writer.write(make_msg())
+        end = time.monotonic() + period
+        while time.monotonic() < end:
+            replies.extend(reader.take(N=50))
+            if any(match(r) for r in replies):
+                return replies
+            time.sleep(0.02)
+    return replies
+
+
+@pytest.mark.slow
+def test_labels_come_back_with_the_input_header(node_process):
+    proc, camera = node_process
+    stamp = Time_(1234, 5678)
+    replies = send_until_reply(camera.front, lambda: rgb_image(stamp), camera.front_labels,
+                               lambda r: r.header.stamp == stamp)
+    (labels,) = [r for r in replies if r.header.stamp == stamp][:1]
+    assert labels.header.frame_id == "front_optical"
+    assert (labels.encoding, labels.height, labels.width, labels.step) == ("mono8", 96, 128, 128)
+    assert max(labels.data) < len(CITYSCAPES_CLASSES)
+    # The colour image is published because this test subscribes to it.
+    colors = camera.collect(camera.front_color, lambda got: any(c.header.stamp == stamp for c in got), 10.0)
+    color = next(c for c in colors if c.header.stamp == stamp)
+    assert (color.encoding, color.height, color.width) == ("bgr8", 96, 128)
+    assert proc.poll() is None
+
+
+@pytest.mark.slow
+def test_compressed_camera_and_latched_label_info(node_process):
+    _, camera = node_process
+    stamp = Time_(77, 1)
+    y, x = np.mgrid[0:64, 0:80]
+    bgr = np.stack([x * 3, y * 3, x + y], -1).astype(np.uint8)
+    jpeg = cv2.imencode(".jpg", bgr)[1].reshape(-1)
+    replies = send_until_reply(camera.rear, lambda: CompressedImage_(Header_(stamp, "rear_optical"), "jpeg", jpeg),
+                               camera.rear_labels, lambda r: r.header.stamp == stamp)
+    labels = next(r for r in replies if r.header.stamp == stamp)
+    assert (labels.header.frame_id, labels.height, labels.width) == ("rear_optical", 64, 80)
+    # A reader that joins late still gets the class names (transient local).
+    late = camera.reader("rear/mfuser/label_info", LabelInfo_, depth=1, transient_local=True)
+    infos = camera.collect(late, lambda got: len(got) > 0, 10.0)
+    assert [c.class_name for c in infos[0].class_map] == list(CITYSCAPES_CLASSES)
+
+
+@pytest.mark.slow
+def test_frames_faster_than_the_model_are_dropped_not_queued(node_process):
+    _, camera = node_process
+    before = camera.camera_values("front")
+    sent = 60
+    for i in range(sent):  # ~300 Hz; the tiny model on 2 CPU cores needs several times longer per frame
+        camera.front.write(rgb_image(Time_(5000, i)))
+        time.sleep(0.003)
+    outputs = camera.collect(camera.front_labels,
+                             lambda got: any(o.header.stamp == Time_(5000, sent - 1) for o in got), 30.0)
+    outputs = [o for o in outputs if o.header.stamp.sec == 5000]
+    stamps = [o.header.stamp.nanosec for o in outputs]
+    assert stamps, "no output for the burst"
+    assert stamps == sorted(stamps), "outputs must come in input order"
+    assert len(stamps) < sent // 2, f"{len(stamps)} of {sent} frames processed: frames were queued, not dropped"
+    assert stamps[-1] == sent - 1, "the newest frame must be the one processed last"
+    after = camera.camera_values("front")
+    assert int(after["dropped"]) - int(before["dropped"]) >= sent - len(stamps) - 2  # a few may be lost in transit
+
+
+@pytest.mark.slow
+def test_malformed_messages_are_counted_and_the_node_keeps_running(node_process):
+    proc, camera = node_process
+    before = camera.camera_values("front")
+    good = rgb_image(Time_(9000, 0))
+    bad = [
+        Image_(good.header, 96, 128, "rgb8", 0, 100, good.data),  # step smaller than a row
+        Image_(good.header, 96, 128, "rgb8", 0, 384, good.data.tobytes()[:1000]),  # truncated
+        Image_(good.header, 96, 128, "bayer_rggb8", 0, 128, good.data),  # unknown encoding
+        Image_(good.header, 0, 0, "rgb8", 0, 0, b""),  # zero size
+        Image_(good.header, 100_000, 100_000, "rgb8", 0, 300_000, good.data),  # far larger than the limits
+        Image_(good.header, 96, 127, "yuyv", 0, 254, good.data),  # odd width for 4:2:2
+    ]
+    for msg in bad:
+        camera.front.write(msg)
+        time.sleep(0.3)  # slower than a decode failure, so every bad frame reaches the decoder
+    rear_bad = CompressedImage_(Header_(Time_(9000, 1), "rear_optical"), "jpeg", b"\xff\xd8\xff\xe0garbage")
+    camera.rear.write(rear_bad)
+    stamp = Time_(9001, 0)
+    replies = send_until_reply(camera.front, lambda: rgb_image(stamp), camera.front_labels,
+                               lambda r: r.header.stamp == stamp)
+    assert any(r.header.stamp == stamp for r in replies), "the node stopped answering after malformed frames"
+    assert proc.poll() is None
+    after = camera.camera_values("front")
+    errors = int(after["errors"]) - int(before["errors"])
+    dropped = int(after["dropped"]) - int(before["dropped"])
+    assert (errors, dropped) == (len(bad), 0), "each bad frame reaches the decoder and is counted as an error"
+    rear = camera.camera_values("rear")
+    assert int(rear["errors"]) >= 1
