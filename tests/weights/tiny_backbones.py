@@ -47,33 +47,39 @@ def tiny_dinov2(img_size: int = 28, patch_size: int = 14, seed: int | None = Non
     return randomize_(model, seed) if seed is not None else model.eval()
 
 
-def hf_dinov2_state(img_size: int = 28, patch: int = 14, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random weights with Hugging Face ``Dinov2Model`` names and shapes (transformers' modeling_dinov2)."""
+def hf_dinov2_state(img_size: int = 28, patch: int = 14, seed: int = 0, *, width: int = WIDTH, depth: int = DEPTH,
+                    meta: bool = False) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Random weights with Hugging Face ``Dinov2Model`` names and shapes (transformers' modeling_dinov2).
+
+    ``meta=True`` gives shape-only tensors, for checking the real-size layout without the memory.
+    """
     gen = torch.Generator().manual_seed(seed)
 
     def rnd(*shape: int, gain: bool = False) -> torch.Tensor:
+        if meta:
+            return torch.empty(*shape, device="meta")
         return torch.randn(*shape, generator=gen) * 0.3 + (1.0 if gain else 0.0)
 
     n = (img_size // patch) ** 2
     sd = {
-        "embeddings.cls_token": rnd(1, 1, WIDTH),
-        "embeddings.mask_token": rnd(1, WIDTH),
-        "embeddings.position_embeddings": rnd(1, n + 1, WIDTH),
-        "embeddings.patch_embeddings.projection.weight": rnd(WIDTH, 3, patch, patch),
-        "embeddings.patch_embeddings.projection.bias": rnd(WIDTH),
-        "layernorm.weight": rnd(WIDTH, gain=True),
-        "layernorm.bias": rnd(WIDTH),
+        "embeddings.cls_token": rnd(1, 1, width),
+        "embeddings.mask_token": rnd(1, width),
+        "embeddings.position_embeddings": rnd(1, n + 1, width),
+        "embeddings.patch_embeddings.projection.weight": rnd(width, 3, patch, patch),
+        "embeddings.patch_embeddings.projection.bias": rnd(width),
+        "layernorm.weight": rnd(width, gain=True),
+        "layernorm.bias": rnd(width),
     }
-    for i in range(DEPTH):
+    for i in range(depth):
         p = f"encoder.layer.{i}."
         for name in ("attention.attention.query", "attention.attention.key", "attention.attention.value",
                      "attention.output.dense"):  # fmt: skip
-            sd[p + name + ".weight"], sd[p + name + ".bias"] = rnd(WIDTH, WIDTH), rnd(WIDTH)
+            sd[p + name + ".weight"], sd[p + name + ".bias"] = rnd(width, width), rnd(width)
         for name in ("norm1", "norm2"):
-            sd[p + name + ".weight"], sd[p + name + ".bias"] = rnd(WIDTH, gain=True), rnd(WIDTH)
-        sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"] = rnd(4 * WIDTH, WIDTH), rnd(4 * WIDTH)
-        sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"] = rnd(WIDTH, 4 * WIDTH), rnd(WIDTH)
-        sd[p + "layer_scale1.lambda1"], sd[p + "layer_scale2.lambda1"] = rnd(WIDTH), rnd(WIDTH)
+            sd[p + name + ".weight"], sd[p + name + ".bias"] = rnd(width, gain=True), rnd(width)
+        sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"] = rnd(4 * width, width), rnd(4 * width)
+        sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"] = rnd(width, 4 * width), rnd(width)
+        sd[p + "layer_scale1.lambda1"], sd[p + "layer_scale2.lambda1"] = rnd(width), rnd(width)
     return sd
 
 
@@ -135,52 +141,55 @@ def tiny_siglip_text(context_length: int = 8, seed: int | None = None) -> nn.Mod
     return randomize_(model, seed) if seed is not None else model.eval()
 
 
-def hf_siglip_state(img_size: int = 32, patch: int = 16, context: int = 8, vocab: int = 40,
-                    seed: int = 0) -> dict[str, torch.Tensor]:  # fmt: skip
+def hf_siglip_state(img_size: int = 32, patch: int = 16, context: int = 8, vocab: int = 40, seed: int = 0, *,
+                    width: int = WIDTH, depth: int = DEPTH, embed: int = EMBED,
+                    meta: bool = False) -> dict[str, torch.Tensor]:  # fmt: skip
     """Random weights with Hugging Face ``SiglipModel`` names and shapes (transformers' modeling_siglip)."""
     gen = torch.Generator().manual_seed(seed)
 
     def rnd(*shape: int, gain: bool = False) -> torch.Tensor:
+        if meta:
+            return torch.empty(*shape, device="meta")
         return torch.randn(*shape, generator=gen) * 0.3 + (1.0 if gain else 0.0)
 
     def layers(prefix: str) -> dict[str, torch.Tensor]:
         out = {}
-        for i in range(DEPTH):
+        for i in range(depth):
             p = f"{prefix}encoder.layers.{i}."
             for name in ("self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj", "self_attn.out_proj"):
-                out[p + name + ".weight"], out[p + name + ".bias"] = rnd(WIDTH, WIDTH), rnd(WIDTH)
+                out[p + name + ".weight"], out[p + name + ".bias"] = rnd(width, width), rnd(width)
             for name in ("layer_norm1", "layer_norm2"):
-                out[p + name + ".weight"], out[p + name + ".bias"] = rnd(WIDTH, gain=True), rnd(WIDTH)
-            out[p + "mlp.fc1.weight"], out[p + "mlp.fc1.bias"] = rnd(4 * WIDTH, WIDTH), rnd(4 * WIDTH)
-            out[p + "mlp.fc2.weight"], out[p + "mlp.fc2.bias"] = rnd(WIDTH, 4 * WIDTH), rnd(WIDTH)
+                out[p + name + ".weight"], out[p + name + ".bias"] = rnd(width, gain=True), rnd(width)
+            out[p + "mlp.fc1.weight"], out[p + "mlp.fc1.bias"] = rnd(4 * width, width), rnd(4 * width)
+            out[p + "mlp.fc2.weight"], out[p + "mlp.fc2.bias"] = rnd(width, 4 * width), rnd(width)
         return out
 
     v, t = "vision_model.", "text_model."
     sd = {
         "logit_scale": torch.tensor([2.3]),
         "logit_bias": torch.tensor([-10.0]),
-        v + "embeddings.patch_embedding.weight": rnd(WIDTH, 3, patch, patch),
-        v + "embeddings.patch_embedding.bias": rnd(WIDTH),
-        v + "embeddings.position_embedding.weight": rnd((img_size // patch) ** 2, WIDTH),
-        v + "post_layernorm.weight": rnd(WIDTH, gain=True),
-        v + "post_layernorm.bias": rnd(WIDTH),
-        v + "head.probe": rnd(1, 1, WIDTH),
-        v + "head.attention.in_proj_weight": rnd(3 * WIDTH, WIDTH),
-        v + "head.attention.in_proj_bias": rnd(3 * WIDTH),
-        v + "head.attention.out_proj.weight": rnd(WIDTH, WIDTH),
-        v + "head.attention.out_proj.bias": rnd(WIDTH),
-        v + "head.layernorm.weight": rnd(WIDTH, gain=True),
-        v + "head.layernorm.bias": rnd(WIDTH),
-        v + "head.mlp.fc1.weight": rnd(4 * WIDTH, WIDTH),
-        v + "head.mlp.fc1.bias": rnd(4 * WIDTH),
-        v + "head.mlp.fc2.weight": rnd(WIDTH, 4 * WIDTH),
-        v + "head.mlp.fc2.bias": rnd(WIDTH),
-        t + "embeddings.token_embedding.weight": rnd(vocab, WIDTH),
-        t + "embeddings.position_embedding.weight": rnd(context, WIDTH),
-        t + "final_layer_norm.weight": rnd(WIDTH, gain=True),
-        t + "final_layer_norm.bias": rnd(WIDTH),
-        t + "head.weight": rnd(EMBED, WIDTH),
-        t + "head.bias": rnd(EMBED),
+        v + "embeddings.patch_embedding.weight": rnd(width, 3, patch, patch),
+        v + "embeddings.patch_embedding.bias": rnd(width),
+        v + "embeddings.position_embedding.weight": rnd((img_size // patch) ** 2, width),
+        v + "post_layernorm.weight": rnd(width, gain=True),
+        v + "post_layernorm.bias": rnd(width),
+        v + "head.probe": rnd(1, 1, width),
+        v + "head.attention.in_proj_weight": rnd(3 * width, width),
+        v + "head.attention.in_proj_bias": rnd(3 * width),
+        v + "head.attention.out_proj.weight": rnd(width, width),
+        v + "head.attention.out_proj.bias": rnd(width),
+        v + "head.layernorm.weight": rnd(width, gain=True),
+        v + "head.layernorm.bias": rnd(width),
+        v + "head.mlp.fc1.weight": rnd(4 * width, width),
+        v + "head.mlp.fc1.bias": rnd(4 * width),
+        v + "head.mlp.fc2.weight": rnd(width, 4 * width),
+        v + "head.mlp.fc2.bias": rnd(width),
+        t + "embeddings.token_embedding.weight": rnd(vocab, width),
+        t + "embeddings.position_embedding.weight": rnd(context, width),
+        t + "final_layer_norm.weight": rnd(width, gain=True),
+        t + "final_layer_norm.bias": rnd(width),
+        t + "head.weight": rnd(embed, width),
+        t + "head.bias": rnd(embed),
     }
     sd.update(layers(v))
     sd.update(layers(t))
@@ -266,8 +275,8 @@ def tiny_eva(img_size: int = 28, seed: int | None = None) -> nn.Module:
     return randomize_(model, seed) if seed is not None else model.eval()
 
 
-def eva_to_baai(timm_state: dict[str, torch.Tensor], text_state: dict[str, torch.Tensor],
-                grid: int) -> dict[str, torch.Tensor]:  # fmt: skip
+def eva_to_baai(timm_state: dict[str, torch.Tensor], text_state: dict[str, torch.Tensor], grid: int,
+                depth: int = DEPTH, head_dim: int = WIDTH // HEADS) -> dict[str, torch.Tensor]:  # fmt: skip
     """Write a timm Eva + open_clip text state dict with BAAI EVA-CLIP's names (eva_vit_model.py / transformer.py).
 
     EVA-CLIP keeps q/k/v as bias-free Linears plus q_bias/v_bias, names the sub-LNs inner_attn_ln / ffn_ln, the
@@ -281,9 +290,9 @@ def eva_to_baai(timm_state: dict[str, torch.Tensor], text_state: dict[str, torch
         for old, new in renames:
             key = key.replace(old, new)  # noqa: PLW2901
         out["visual." + key] = value
-    rope = torch.randn(grid * grid, WIDTH // HEADS)
+    rope = torch.randn(grid * grid, head_dim)
     out["visual.rope.freqs_cos"], out["visual.rope.freqs_sin"] = rope, rope
-    for i in range(DEPTH):
+    for i in range(depth):
         out[f"visual.blocks.{i}.attn.rope.freqs_cos"] = rope
     out.update({"text." + k: v for k, v in text_state.items()})
     out["logit_scale"] = torch.tensor(4.6)
