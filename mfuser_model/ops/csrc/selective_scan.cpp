@@ -1,0 +1,497 @@
+// Fused CPU selective scan (Mamba-1 S6), forward and backward.
+//
+// Plain C++ with an extern "C" interface (loaded with ctypes by mfuser_model/ops/_native.py), so it needs no
+// torch headers and compiles in about a second. One (batch, channel) row is a sequential loop over L with the
+// state h (n values) in registers as 64-byte vectors (GCC/Clang vector extensions: one AVX-512 register, or two
+// AVX2 ones, per 16 floats), and rows are spread over OpenMP threads. exp is a branch-free vector polynomial; it
+// flushes results below the smallest normal number to zero, which only happens for decays that are zero to working
+// precision anyway. The caller pads d_state to a multiple of the vector width (16 floats, 8 doubles) with zeros.
+//
+// Layouts (all contiguous): u, delta, z, out, du, ddelta, dz: (batch, dim, len); A: (dim, n); D, bias: (dim,);
+// B, C: (batch, groups, len, n), channel d reads group d / (dim / groups); last: (batch, dim, n).
+// The step size dt = softplus(delta + bias) (or delta + bias) is computed per row in the kernel, vectorised:
+// torch's CPU softplus runs log1p one element at a time and would cost more than the scan itself.
+//
+// The backward recomputes each row's states into a per-thread buffer (len x n, L2-sized at MVFuser shapes),
+// then runs the adjoint scan g_t = C_t dy_t + a_{t+1} g_{t+1} in reverse. Reductions over channels (dB, dC)
+// go to per-thread partial buffers and over batch (dA, dD) to per-row partials; the caller sums them.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+#define SS_HAS_MXCSR 1
+#endif
+
+namespace {
+
+constexpr int kMaxState = 256;
+
+// Flush-to-zero and denormals-are-zero for the current thread, restored on scope exit. Decay products of
+// strongly decaying channels pass through subnormals, which are slow on many x86 cores.
+struct FlushDenormals {
+#ifdef SS_HAS_MXCSR
+  unsigned int saved;
+  FlushDenormals() : saved(_mm_getcsr()) { _mm_setcsr(saved | 0x8040u); }
+  ~FlushDenormals() { _mm_setcsr(saved); }
+  FlushDenormals(const FlushDenormals&) = delete;
+  FlushDenormals& operator=(const FlushDenormals&) = delete;
+#endif
+};
+
+template <typename T>
+struct VT;
+template <>
+struct VT<float> {
+  typedef float V __attribute__((vector_size(64)));
+  typedef int32_t I __attribute__((vector_size(64)));
+  typedef float V8 __attribute__((vector_size(32)));
+  typedef float V4 __attribute__((vector_size(16)));
+  static constexpr int W = 16;
+};
+template <>
+struct VT<double> {
+  typedef double V __attribute__((vector_size(64)));
+  typedef int64_t I __attribute__((vector_size(64)));
+  typedef double V8 __attribute__((vector_size(32)));  // half vector: 4 doubles
+  typedef double V4 __attribute__((vector_size(16)));  // quarter vector: 2 doubles
+  static constexpr int W = 8;
+};
+
+template <typename T>
+inline typename VT<T>::V vload(const T* p) {
+  typename VT<T>::V v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename T>
+inline void vstore(T* p, typename VT<T>::V v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// Load / store the first `cnt` lanes (the rest read as zero); for sequence tails.
+template <typename T>
+inline typename VT<T>::V vload_n(const T* p, int cnt) {
+  if (cnt == VT<T>::W) return vload(p);
+  typename VT<T>::V v = {};
+  std::memcpy(&v, p, cnt * sizeof(T));
+  return v;
+}
+
+template <typename T>
+inline void vstore_n(T* p, typename VT<T>::V v, int cnt) {
+  if (cnt == VT<T>::W) {
+    vstore(p, v);
+  } else {
+    std::memcpy(p, &v, cnt * sizeof(T));
+  }
+}
+
+template <typename T>
+inline T hsum(typename VT<T>::V v) {
+  using V8 = typename VT<T>::V8;
+  using V4 = typename VT<T>::V4;
+  V8 a, b;
+  std::memcpy(&a, &v, sizeof(a));
+  std::memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof(a), sizeof(b));
+  const V8 s8 = a + b;
+  V4 c, d;
+  std::memcpy(&c, &s8, sizeof(c));
+  std::memcpy(&d, reinterpret_cast<const char*>(&s8) + sizeof(c), sizeof(d));
+  const V4 s4 = c + d;
+  T s = T(0);
+  for (unsigned i = 0; i < sizeof(V4) / sizeof(T); ++i) s += s4[i];
+  return s;
+}
+
+// exp(x) lane-wise, relative error about 1 ulp; 0 below the smallest normal result; saturates near the top.
+inline VT<float>::V vexp(VT<float>::V x) {
+  using V = VT<float>::V;
+  using I = VT<float>::I;
+  const V lo = V{} - 87.33654f;
+  const V hi = V{} + 88.0f;
+  V xc = x < lo ? lo : x;
+  xc = xc > hi ? hi : xc;
+  const V magic = V{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits
+  const V t = xc * 1.44269504088896341f + magic;
+  const V k = t - magic;
+  const I ki = (I)t - (I)magic;
+  V r = xc - k * 0.693359375f;  // Cody-Waite split of ln 2 (Cephes expf)
+  r = r + k * 2.12194440e-4f;
+  V p = V{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  const V scale = (V)((ki + 127) << 23);
+  return x < lo ? V{} : p * scale;
+}
+
+inline VT<double>::V vexp(VT<double>::V x) {
+  using V = VT<double>::V;
+  using I = VT<double>::I;
+  const V lo = V{} - 708.39641853226408;
+  const V hi = V{} + 709.0;
+  V xc = x < lo ? lo : x;
+  xc = xc > hi ? hi : xc;
+  const V magic = V{} + 6755399441055744.0;  // 1.5 * 2^52
+  const V t = xc * 1.4426950408889634 + magic;
+  const V k = t - magic;
+  const I ki = (I)t - (I)magic;
+  V r = xc - k * 6.93145751953125e-1;
+  r = r - k * 1.42860682030941723212e-6;
+  // Taylor series to degree 13 on |r| <= ln2/2: truncation error below 1e-16 relative.
+  V p = V{} + 1.0 / 6227020800.0;
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  const V scale = (V)((ki + 1023) << 52);
+  return x < lo ? V{} : p * scale;
+}
+
+// log1p(e) for e in [0, 1] as 2 atanh(s), s = e / (2 + e) in [0, 1/3]: an odd series in s, accurate to ~1 ulp
+// with K terms (s^2 <= 1/9 per term), no cancellation for small e.
+template <typename T, int K>
+inline typename VT<T>::V vlog1p_unit(typename VT<T>::V e) {
+  using V = typename VT<T>::V;
+  const V s = e / (T(2) + e);
+  const V s2 = s * s;
+  V p = V{} + T(1) / T(2 * K - 1);
+  for (int k = K - 2; k >= 0; --k) p = p * s2 + T(1) / T(2 * k + 1);
+  return T(2) * s * p;
+}
+
+// softplus(x) = max(x, 0) + log1p(exp(-|x|)), and x itself above 20 (torch's threshold).
+template <typename T>
+inline typename VT<T>::V vsoftplus(typename VT<T>::V x) {
+  using V = typename VT<T>::V;
+  constexpr int K = sizeof(T) == 4 ? 8 : 17;
+  const V ax = x < T(0) ? -x : x;
+  const V pos = x > T(0) ? x : V{};
+  const V sp = pos + vlog1p_unit<T, K>(vexp(-ax));
+  return x > T(20) ? x : sp;
+}
+
+// d softplus / dx = sigmoid(x), exactly 1 above the threshold where torch's softplus is the identity.
+template <typename T>
+inline typename VT<T>::V vsoftplus_grad(typename VT<T>::V x) {
+  using V = typename VT<T>::V;
+  const V sig = T(1) / (T(1) + vexp(-x));
+  return x > T(20) ? V{} + T(1) : sig;
+}
+
+template <typename T>
+struct Problem {
+  const T* u;
+  const T* delta;
+  const T* bias;  // may be null
+  int softplus;
+  const T* A;
+  const T* B;
+  const T* C;
+  const T* D;  // may be null
+  const T* z;  // may be null
+  int64_t batch, dim, len, nstate, groups;
+
+  // The step sizes of one row into buf (len values).
+  void step_sizes(int64_t row, T* buf) const {
+    using V = typename VT<T>::V;
+    constexpr int W = VT<T>::W;
+    const T* x = delta + row * len;
+    const T b = bias ? bias[row % dim] : T(0);
+    for (int64_t t = 0; t < len; t += W) {
+      const int cnt = static_cast<int>(std::min<int64_t>(W, len - t));
+      const V v = vload_n(x + t, cnt) + b;
+      vstore_n(buf + t, softplus ? vsoftplus<T>(v) : v, cnt);
+    }
+  }
+
+  // Offset of the (len, nstate) B / C rows that `row` = b * dim + d reads.
+  int64_t group_offset(int64_t row) const {
+    const int64_t b = row / dim, d = row % dim;
+    return (b * groups + d / (dim / groups)) * len * nstate;
+  }
+};
+
+constexpr int kMaxVec = kMaxState / 8;
+
+// NV: number of vectors per state (compile-time when > 0, else nstate / W at run time).
+template <typename T, int NV>
+void forward_rows(const Problem<T>& p, T* out, T* last, T* dtbuf, int64_t r0, int64_t r1) {
+  using V = typename VT<T>::V;
+  constexpr int W = VT<T>::W;
+  constexpr int kArr = NV > 0 ? NV : kMaxVec;
+  const int nv = NV > 0 ? NV : static_cast<int>(p.nstate / W);
+  const int64_t n = p.nstate;
+  const int64_t L = p.len;
+  for (int64_t row = r0; row < r1; ++row) {
+    const int64_t d = row % p.dim;
+    const T* Bb = p.B + p.group_offset(row);
+    const T* Cb = p.C + p.group_offset(row);
+    const T* u = p.u + row * L;
+    p.step_sizes(row, dtbuf);
+    const T* dt = dtbuf;
+    T* y = out + row * L;
+    V A[kArr], h[kArr];
+    for (int j = 0; j < nv; ++j) {
+      A[j] = vload(p.A + d * n + j * W);
+      h[j] = V{};
+    }
+    const T Dd = p.D ? p.D[d] : T(0);
+    for (int64_t t = 0; t < L; ++t) {
+      const T dtt = dt[t];
+      const T x = dtt * u[t];
+      const T* Bt = Bb + t * n;
+      const T* Ct = Cb + t * n;
+      V acc = {};
+      for (int j = 0; j < nv; ++j) {
+        h[j] = vexp(A[j] * dtt) * h[j] + vload(Bt + j * W) * x;
+        acc += h[j] * vload(Ct + j * W);
+      }
+      y[t] = hsum<T>(acc) + Dd * u[t];
+    }
+    if (p.z) {  // y *= silu(z)
+      const T* z = p.z + row * L;
+      for (int64_t t = 0; t < L; t += W) {
+        const int cnt = static_cast<int>(std::min<int64_t>(W, L - t));
+        const V zv = vload_n(z + t, cnt);
+        vstore_n(y + t, vload_n(y + t, cnt) * zv / (T(1) + vexp(-zv)), cnt);
+      }
+    }
+    if (last) {
+      for (int j = 0; j < nv; ++j) vstore(last + row * n + j * W, h[j]);
+    }
+  }
+}
+
+template <typename T, int NV>
+void backward_rows(const Problem<T>& p, const T* dout, T* du, T* ddelta, T* dz, T* dA_part, T* dD_part,
+                   T* dbias_part, T* dB_part, T* dC_part, T* hbuf, T* abuf, T* dybuf, T* dtbuf, const T* zeros,
+                   int64_t r0, int64_t r1) {
+  using V = typename VT<T>::V;
+  constexpr int W = VT<T>::W;
+  constexpr int kArr = NV > 0 ? NV : kMaxVec;
+  const int nv = NV > 0 ? NV : static_cast<int>(p.nstate / W);
+  const int64_t n = p.nstate;
+  const int64_t L = p.len;
+  for (int64_t row = r0; row < r1; ++row) {
+    const int64_t d = row % p.dim;
+    const int64_t off = p.group_offset(row);
+    const T* Bb = p.B + off;
+    const T* Cb = p.C + off;
+    T* dBb = dB_part + off;
+    T* dCb = dC_part + off;
+    const T* u = p.u + row * L;
+    p.step_sizes(row, dtbuf);
+    const T* dt = dtbuf;
+    const T* go = dout + row * L;
+    V A[kArr], h[kArr];
+    for (int j = 0; j < nv; ++j) {
+      A[j] = vload(p.A + d * n + j * W);
+      h[j] = V{};
+    }
+    const T Dd = p.D ? p.D[d] : T(0);
+
+    // Forward sweep: states and decays of every step, and y before the gate.
+    for (int64_t t = 0; t < L; ++t) {
+      const T dtt = dt[t];
+      const T x = dtt * u[t];
+      const T* Bt = Bb + t * n;
+      const T* Ct = Cb + t * n;
+      V acc = {};
+      for (int j = 0; j < nv; ++j) {
+        const V a = vexp(A[j] * dtt);
+        h[j] = a * h[j] + vload(Bt + j * W) * x;
+        vstore(hbuf + t * n + j * W, h[j]);
+        vstore(abuf + t * n + j * W, a);
+        acc += h[j] * vload(Ct + j * W);
+      }
+      dybuf[t] = hsum<T>(acc) + Dd * u[t];
+    }
+    // Gate: dz = dout * y * silu'(z), dy = dout * silu(z).
+    if (p.z) {
+      const T* z = p.z + row * L;
+      T* dzr = dz + row * L;
+      for (int64_t t = 0; t < L; t += W) {
+        const int cnt = static_cast<int>(std::min<int64_t>(W, L - t));
+        const V zv = vload_n(z + t, cnt);
+        const V gv = vload_n(go + t, cnt);
+        const V sig = T(1) / (T(1) + vexp(-zv));
+        vstore_n(dzr + t, gv * vload_n(dybuf + t, cnt) * sig * (T(1) + zv * (T(1) - sig)), cnt);
+        vstore_n(dybuf + t, gv * zv * sig, cnt);
+      }
+    } else {
+      std::memcpy(dybuf, go, L * sizeof(T));
+    }
+
+    // Reverse sweep; carry = a_{t+1} * g_{t+1}.
+    V carry[kArr], dA_acc[kArr];
+    for (int j = 0; j < nv; ++j) {
+      carry[j] = V{};
+      dA_acc[j] = V{};
+    }
+    T dD_acc = T(0);
+    T* dur = du + row * L;
+    T* ddtr = ddelta + row * L;
+    for (int64_t t = L - 1; t >= 0; --t) {
+      const T dyt = dybuf[t];
+      const T dtt = dt[t];
+      const T ut = u[t];
+      const T xt = dtt * ut;
+      const T* Bt = Bb + t * n;
+      const T* Ct = Cb + t * n;
+      const T* ht = hbuf + t * n;
+      const T* hp = t > 0 ? hbuf + (t - 1) * n : zeros;
+      const T* at = abuf + t * n;
+      T* dBt = dBb + t * n;
+      T* dCt = dCb + t * n;
+      V s_decay = {}, s_input = {};
+      for (int j = 0; j < nv; ++j) {
+        const V g = carry[j] + vload(Ct + j * W) * dyt;
+        const V a = vload(at + j * W);
+        const V q = g * vload(hp + j * W) * a;  // dL/d(dt*A) of this step
+        s_decay += q * A[j];
+        s_input += g * vload(Bt + j * W);
+        dA_acc[j] += q * dtt;
+        vstore(dBt + j * W, vload(dBt + j * W) + g * xt);
+        vstore(dCt + j * W, vload(dCt + j * W) + vload(ht + j * W) * dyt);
+        carry[j] = a * g;
+      }
+      const T sum_input = hsum<T>(s_input);
+      ddtr[t] = hsum<T>(s_decay) + ut * sum_input;
+      dur[t] = dtt * sum_input + Dd * dyt;
+      dD_acc += dyt * ut;
+    }
+    for (int j = 0; j < nv; ++j) vstore(dA_part + row * n + j * W, dA_acc[j]);
+    dD_part[row] = dD_acc;
+    // ddt -> ddelta through the softplus; its sum over the row is this row's share of dbias.
+    const T* x = p.delta + row * L;
+    const T b = p.bias ? p.bias[d] : T(0);
+    V dbias_acc = {};
+    for (int64_t t = 0; t < L; t += W) {
+      const int cnt = static_cast<int>(std::min<int64_t>(W, L - t));
+      V g = vload_n(ddtr + t, cnt);
+      if (p.softplus) g *= vsoftplus_grad<T>(vload_n(x + t, cnt) + b);
+      vstore_n(ddtr + t, g, cnt);
+      dbias_acc += g;  // lanes past the tail loaded as zero
+    }
+    dbias_part[row] = hsum<T>(dbias_acc);
+  }
+}
+
+bool valid(int64_t nstate, int64_t groups, int64_t dim, int width) {
+  return nstate >= width && nstate <= kMaxState && nstate % width == 0 && groups >= 1 && dim % groups == 0;
+}
+
+constexpr int64_t kRowsPerTask = 4;  // dynamic scheduling: a descheduled thread on a shared VM does not stall all
+
+template <typename T>
+int forward_impl(const Problem<T>& p, T* out, T* last, int nthreads) {
+  constexpr int W = VT<T>::W;
+  if (!valid(p.nstate, p.groups, p.dim, W)) return 1;
+  const int64_t rows = p.batch * p.dim;
+  const int64_t tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
+#pragma omp parallel num_threads(nthreads)
+  {
+    FlushDenormals ftz;
+    std::vector<T> dtbuf(p.len);
+#pragma omp for schedule(dynamic)
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t r0 = task * kRowsPerTask, r1 = std::min(rows, r0 + kRowsPerTask);
+      switch (p.nstate / W) {
+        case 1: forward_rows<T, 1>(p, out, last, dtbuf.data(), r0, r1); break;
+        case 2: forward_rows<T, 2>(p, out, last, dtbuf.data(), r0, r1); break;
+        default: forward_rows<T, 0>(p, out, last, dtbuf.data(), r0, r1); break;
+      }
+    }
+  }
+  return 0;
+}
+
+template <typename T>
+int backward_impl(const Problem<T>& p, const T* dout, T* du, T* ddelta, T* dz, T* dA_part, T* dD_part,
+                  T* dbias_part, T* dB_part, T* dC_part, int nthreads) {
+  constexpr int W = VT<T>::W;
+  if (!valid(p.nstate, p.groups, p.dim, W)) return 1;
+  const int64_t rows = p.batch * p.dim;
+  const int64_t tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
+  const int64_t part = p.batch * p.groups * p.len * p.nstate;  // one thread's dB / dC partial
+#pragma omp parallel num_threads(nthreads)
+  {
+    FlushDenormals ftz;
+    int tid = 0;
+#ifdef _OPENMP
+    tid = omp_get_thread_num();
+#endif
+    std::vector<T> hbuf(p.len * p.nstate), abuf(p.len * p.nstate), dybuf(p.len), dtbuf(p.len);
+    const std::vector<T> zeros(p.nstate, T(0));
+    T* dBp = dB_part + tid * part;
+    T* dCp = dC_part + tid * part;
+#pragma omp for schedule(dynamic)
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t r0 = task * kRowsPerTask, r1 = std::min(rows, r0 + kRowsPerTask);
+      switch (p.nstate / W) {
+        case 1:
+          backward_rows<T, 1>(p, dout, du, ddelta, dz, dA_part, dD_part, dbias_part, dBp, dCp, hbuf.data(),
+                              abuf.data(), dybuf.data(), dtbuf.data(), zeros.data(), r0, r1);
+          break;
+        case 2:
+          backward_rows<T, 2>(p, dout, du, ddelta, dz, dA_part, dD_part, dbias_part, dBp, dCp, hbuf.data(),
+                              abuf.data(), dybuf.data(), dtbuf.data(), zeros.data(), r0, r1);
+          break;
+        default:
+          backward_rows<T, 0>(p, dout, du, ddelta, dz, dA_part, dD_part, dbias_part, dBp, dCp, hbuf.data(),
+                              abuf.data(), dybuf.data(), dtbuf.data(), zeros.data(), r0, r1);
+          break;
+      }
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+// nstate must be a multiple of the vector width (16 for f32, 8 for f64) and at most 256; dim a multiple of groups.
+// bias, D, z may be null. dB_part / dC_part hold `nthreads` zeroed (batch, groups, len, nstate) partials;
+// dA_part (batch, dim, nstate), dD_part and dbias_part (batch, dim) are per-row partials. Returns 0, or 1 on bad sizes.
+#define SS_DEFINE(SUFFIX, T)                                                                                     \
+  extern "C" int ss_forward_##SUFFIX(const T* u, const T* delta, const T* bias, int softplus, const T* A,         \
+                                     const T* B, const T* C, const T* D, const T* z, T* out, T* last,              \
+                                     int64_t batch, int64_t dim, int64_t len, int64_t nstate, int64_t groups,      \
+                                     int nthreads) {                                                               \
+    const Problem<T> p{u, delta, bias, softplus, A, B, C, D, z, batch, dim, len, nstate, groups};                \
+    return forward_impl<T>(p, out, last, nthreads);                                                              \
+  }                                                                                                              \
+  extern "C" int ss_backward_##SUFFIX(const T* u, const T* delta, const T* bias, int softplus, const T* A,        \
+                                      const T* B, const T* C, const T* D, const T* z, const T* dout, T* du,       \
+                                      T* ddelta, T* dz, T* dA_part, T* dD_part, T* dbias_part, T* dB_part,        \
+                                      T* dC_part, int64_t batch, int64_t dim, int64_t len, int64_t nstate,        \
+                                      int64_t groups, int nthreads) {                                             \
+    const Problem<T> p{u, delta, bias, softplus, A, B, C, D, z, batch, dim, len, nstate, groups};                \
+    return backward_impl<T>(p, dout, du, ddelta, dz, dA_part, dD_part, dbias_part, dB_part, dC_part, nthreads);  \
+  }
+
+SS_DEFINE(f32, float)
+SS_DEFINE(f64, double)
+
+extern "C" int ss_abi_version() { return 3; }
