@@ -1,0 +1,80 @@
+"""The rclpy lifecycle node in-process: transitions, parameters, one image in -> labels out with its header.
+
+Needs a ROS 2 installation (rclpy, sensor_msgs, vision_msgs, diagnostic_msgs), which cannot be installed from PyPI;
+without it the module is skipped. In a sourced ROS 2 workspace: ``colcon test --packages-select mfuser_ros``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy", reason="rclpy needs a ROS 2 installation (not installable from PyPI)")
+pytest.importorskip("vision_msgs", reason="vision_msgs comes with ROS 2 (ros-<distro>-vision-msgs)")
+
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+
+from mfuser_ros.node import MFuserNode, ros_qos  # noqa: E402
+
+pytestmark = pytest.mark.ros
+
+
+@pytest.fixture
+def context():
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=1 + os.getpid() % 200)
+    yield ctx
+    rclpy.try_shutdown(context=ctx)
+
+
+def make_node(context, **params):
+    overrides = {"image_topics": ["cam/image_raw"], "warmup": False, "autostart": False, **params}
+    return MFuserNode(context=context, parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+
+
+def test_invalid_parameter_fails_configure(context):
+    node = make_node(context, device="gpu0")
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert node.config is None
+    finally:
+        node.destroy_node()
+
+
+def test_image_in_labels_out_with_the_input_header(context):
+    node = make_node(context)
+    peer = rclpy.create_node("camera", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    executor.add_node(peer)
+    received = []
+    peer.create_subscription(Image, "cam/mfuser/labels", received.append, ros_qos("reliable", 10))
+    pub = peer.create_publisher(Image, "cam/image_raw", ros_qos("sensor_data", 1))
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        msg = Image(height=48, width=64, encoding="rgb8", step=192)
+        msg.header.frame_id = "cam_optical"
+        msg.header.stamp.sec = 42
+        msg.data = np.zeros(48 * 64 * 3, np.uint8).tobytes()
+        deadline = time.monotonic() + 60.0
+        while not received and time.monotonic() < deadline:
+            pub.publish(msg)
+            executor.spin_once(timeout_sec=0.2)
+        assert received, "no labels within 60 s"
+        labels = received[0]
+        assert (labels.header.frame_id, labels.header.stamp.sec) == ("cam_optical", 42)
+        assert (labels.encoding, labels.height, labels.width) == ("mono8", 48, 64)
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert node.model is None  # released on deactivate
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+    finally:
+        executor.shutdown()
+        peer.destroy_node()
+        node.destroy_node()
