@@ -169,6 +169,22 @@ def _identity_list(data: list) -> list:
     return data
 
 
+def _restore_type_tag(value: Any, _type_str: str) -> Any:
+    # torch.jit._pickle.restore_type_tag is this identity too: the tag only matters to the TorchScript runtime.
+    return value
+
+
+# Side-effect-free callables a TorchScript data.pkl may name besides tensors and storages.
+_PLAIN_GLOBALS: dict[tuple[str, str], Any] = {
+    ("collections", "OrderedDict"): OrderedDict,  # empty backward-hooks dict of every tensor record
+    ("torch.jit._pickle", "build_intlist"): _identity_list,
+    ("torch.jit._pickle", "build_doublelist"): _identity_list,
+    ("torch.jit._pickle", "build_boollist"): _identity_list,
+    ("torch.jit._pickle", "build_tensorlist"): _identity_list,
+    ("torch.jit._pickle", "restore_type_tag"): _restore_type_tag,
+}
+
+
 class _TorchScriptUnpickler(pickle.Unpickler):
     """Unpickler for TorchScript ``data.pkl`` that can only rebuild tensors from the archive's raw storages."""
 
@@ -186,12 +202,9 @@ class _TorchScriptUnpickler(pickle.Unpickler):
             return _StorageType(_STORAGE_DTYPES[name])
         if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
             return self._rebuild_tensor
-        if module == "collections" and name == "OrderedDict":
-            return OrderedDict
-        if module == "torch.jit._pickle" and name in ("build_intlist", "build_doublelist", "build_boollist"):
-            return _identity_list
-        if module == "torch.jit._pickle" and name == "build_tensorlist":
-            return _identity_list
+        allowed = _PLAIN_GLOBALS.get((module, name))
+        if allowed is not None:
+            return allowed
         msg = (
             f"Refusing to read TorchScript archive {self._path}: its data.pkl references {module}.{name}, which is "
             "not a tensor or storage constructor; reading it would need arbitrary unpickling, which can run code."
@@ -251,8 +264,9 @@ def read_torchscript_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     opcodes obtain from ``find_class``, and this unpickler's ``find_class`` returns nothing but
     (a) an inert placeholder class for ``__torch__.*`` module classes that merely stores attribute dicts,
     (b) dtype markers for ``torch.*Storage``, (c) a bounds-checked tensor-view builder over bytes read from the zip,
-    (d) ``collections.OrderedDict`` and identity list builders. Every other global is refused, so no function named
-    by the file can run, and the code in ``code/`` is never compiled or executed (``torch.jit.load`` would).
+    (d) ``collections.OrderedDict`` and identity list / type-tag builders. Every other global is refused, so no
+    function named by the file can run, and the code in ``code/`` is never compiled or executed (``torch.jit.load``
+    would).
 
     Keys are dotted attribute paths (``visual.conv1.weight``). Plain tensor attributes such as cached attention
     masks come out too; the converters drop the ones they do not need.

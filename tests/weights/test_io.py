@@ -15,6 +15,9 @@ from torch import nn
 from mfuser_model.errors import CheckpointError
 from mfuser_model.weights import load_into, read_state_dict, read_torchscript_tensors
 
+# torch.jit.script/save are deprecated but still how TorchScript archives like OpenAI's are made.
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore:'torch.load' received a zip file")
+
 
 class _RunsShell:
     """Pickles as a call to os.system; the tests only ever *write* it, and check that loading never runs it."""
@@ -29,6 +32,9 @@ class _RunsShell:
 class _Holder(nn.Module):
     """A TorchScript-able module with a half Linear, an int buffer, a transposed view and an offset view."""
 
+    sizes: list[int]
+    names: dict[str, float]
+
     def __init__(self) -> None:
         super().__init__()
         self.lin = nn.Linear(4, 3).half()
@@ -36,6 +42,8 @@ class _Holder(nn.Module):
         self.register_buffer("steps", torch.arange(5))
         self.register_buffer("transposed", torch.randn(3, 4).t())
         self.register_buffer("offset_view", base[2:8])
+        self.sizes = [3, 4]  # typed containers are pickled with TorchScript type tags
+        self.names = {"scale": 0.5}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.offset_view.sum()
