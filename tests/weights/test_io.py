@@ -32,9 +32,6 @@ class _RunsShell:
 class _Holder(nn.Module):
     """A TorchScript-able module with a half Linear, an int buffer, a transposed view and an offset view."""
 
-    sizes: list[int]
-    names: dict[str, float]
-
     def __init__(self) -> None:
         super().__init__()
         self.lin = nn.Linear(4, 3).half()
@@ -42,7 +39,7 @@ class _Holder(nn.Module):
         self.register_buffer("steps", torch.arange(5))
         self.register_buffer("transposed", torch.randn(3, 4).t())
         self.register_buffer("offset_view", base[2:8])
-        self.sizes = [3, 4]  # typed containers are pickled with TorchScript type tags
+        self.sizes = [3, 4]  # containers (types inferred by TorchScript) are pickled with type tags
         self.names = {"scale": 0.5}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
