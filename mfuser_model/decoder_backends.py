@@ -171,7 +171,8 @@ class OnnxRuntimeDecoder(DecoderBackend):
             if len(expected) != t.dim() or any(isinstance(e, int) and e != s for e, s in zip(expected, t.shape,
                                                                                             strict=True)):
                 msg = (f"{self.onnx_path}: input {name!r} has shape {tuple(t.shape)}, the file was exported for "
-                       f"{expected} (spatial sizes are fixed at export: re-export for this image size)")
+                       f"{expected} (spatial sizes are fixed at export, and the batch unless it was exported with "
+                       "a dynamic batch: re-export for this input)")
                 raise ValueError(msg)
             feed[name] = t.detach().to("cpu", torch.float32).contiguous().numpy()
         outs = self.session.run(list(DECODER_OUTPUTS), feed)

@@ -181,7 +181,7 @@ def export_decoder(head: nn.Module, path: str | Path, inputs: DecoderInputs | Se
         inputs: example inputs fixing the spatial sizes (and the batch unless `dynamic_batch`).
         dynamic_batch: make axis 0 of every input and output symbolic (`batch`).
         opset: ONNX opset; >= 16 for GridSample.
-        exporter: `"legacy"` (TorchScript tracer, `dynamo=False`) or `"dynamo"` (`torch.export`).
+        exporter: `"legacy"` (TorchScript tracer, `dynamo=False`) or `"dynamo"` (`torch.export`; opset >= 18).
         check: run `onnx.checker` on the result.
 
     Returns:
@@ -236,7 +236,7 @@ def export_decoder(head: nn.Module, path: str | Path, inputs: DecoderInputs | Se
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return ExportedDecoder(path, shapes, dynamic_batch, opset, exporter)
+    return ExportedDecoder(path, shapes, dynamic_batch, opset if exporter == "legacy" else max(opset, 18), exporter)
 
 
 def _run_exporter(module: nn.Module, args: tuple[Tensor, ...], path: str, *, dynamic_batch: bool, opset: int,
@@ -253,10 +253,13 @@ def _run_exporter(module: nn.Module, args: tuple[Tensor, ...], path: str, *, dyn
             else:
                 shapes = None
                 if dynamic_batch:
+                    # torch.export specialises axes of size 1: trace with a batch of 2
+                    args = tuple(a.expand(2, *a.shape[1:]).contiguous() if a.shape[0] == 1 else a for a in args)
                     batch = torch.export.Dim("batch", min=1, max=1024)
                     shapes = {n: {0: batch} for n in DECODER_INPUTS}
-                program = torch.onnx.export(module, args, dynamo=True, opset_version=opset, dynamic_shapes=shapes,
-                                            optimize=True, **names)
+                # the dynamo exporter implements opset 18 and up; down-conversion of this graph fails
+                program = torch.onnx.export(module, args, dynamo=True, opset_version=max(opset, 18),
+                                            dynamic_shapes=shapes, optimize=True, verbose=False, **names)
                 program.save(path)
     except Exception as err:
         # the exporters raise many unrelated types; keep the message and say which exporter failed
