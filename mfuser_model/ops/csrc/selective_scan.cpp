@@ -447,7 +447,9 @@ int backward_impl(const Problem<T>& p, const T* dout, T* du, T* ddelta, T* dz, T
     const std::vector<T> zeros(p.nstate, T(0));
     T* dBp = dB_part + tid * part;
     T* dCp = dC_part + tid * part;
-#pragma omp for schedule(dynamic)
+    // static: the same rows always land in the same thread's dB/dC partial, so gradients are bit-reproducible
+    // (dynamic scheduling made the partial sums depend on timing, which broke exact training resume).
+#pragma omp for schedule(static)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t r0 = task * kRowsPerTask, r1 = std::min(rows, r0 + kRowsPerTask);
       switch (p.nstate / W) {
