@@ -20,7 +20,7 @@ from open_clip.tokenizer import SimpleTokenizer, canonicalize_text
 
 from mfuser_model.errors import ConfigError
 
-__all__ = ["TextTokenizer", "build_tokenizer"]
+__all__ = ["TextTokenizer", "build_tokenizer", "siglip_tokenize"]
 
 _SIGLIP_FILES = ("spiece.model", "tokenizer.json")
 
@@ -82,6 +82,15 @@ def build_tokenizer(
         msg = f"unknown tokenizer family {family!r}; expected 'clip', 'eva02' or 'siglip'"
         raise ConfigError(msg)
     return _siglip_tokenizer(siglip_dir, context_length)
+
+
+def siglip_tokenize(folder: str | Path | None, texts: Sequence[str], context_length: int) -> torch.Tensor:
+    """Token ids ``(N, context_length)`` of ``texts`` with SigLIP's tokenizer read from ``folder``.
+
+    Raises:
+        ConfigError: ``folder`` is None or lacks the tokenizer files, or the library that reads them is missing.
+    """
+    return build_tokenizer("siglip", context_length=context_length, siglip_dir=folder)(texts)
 
 
 def _siglip_tokenizer(folder: str | Path | None, context_length: int) -> TextTokenizer:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mfuser_model.errors import ConfigError
-from mfuser_model.weights.tokenizer import build_tokenizer
+from mfuser_model.weights.tokenizer import build_tokenizer, siglip_tokenize
 
 
 @pytest.mark.parametrize("family", ["clip", "eva02"])
@@ -44,6 +44,11 @@ def test_siglip_without_a_folder_says_what_to_download():
         build_tokenizer("siglip", context_length=64)
 
 
+def test_siglip_tokenize_without_a_folder_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"SigLIP's tokenizer is not bundled"):
+        siglip_tokenize(None, ["road"], 10)
+
+
 def test_siglip_folder_without_tokenizer_files_is_named(tmp_path):
     with pytest.raises(ConfigError, match=rf"{tmp_path.name} holds none of \['spiece.model', 'tokenizer.json'\]"):
         build_tokenizer("siglip", context_length=64, siglip_dir=tmp_path)
@@ -63,7 +68,7 @@ def test_siglip_tokenizer_json_canonicalises_appends_and_pads_with_eos(tmp_path)
     tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
     tok.save(str(tmp_path / "tokenizer.json"))
 
-    ids = build_tokenizer("siglip", context_length=6, siglip_dir=tmp_path)(["Traffic, LIGHT!"])
+    ids = siglip_tokenize(tmp_path, ["Traffic, LIGHT!"], 6)
 
     assert ids.tolist() == [[3, 4, 1, 1, 1, 1]]
 
