@@ -1,0 +1,190 @@
+"""Per-frame time the node spends outside the model, stage by stage, and the DDS round trip.
+
+    .venv/bin/python benchmarks/node_overhead.py [--reps 20] [--no-dds]
+
+Stages per frame (median ms over ``--reps``), for 640x480, 1280x720 and 1920x1080, raw rgb8 and jpeg input:
+- receive:     CDR bytes -> message object (what the DDS reader does; rclpy does this in C)
+- decode:      message -> (H, W, 3) RGB (mfuser_ros.conversions)
+- preprocess:  RGB -> normalised (1, 3, H, W) tensor (mfuser_model.preprocess.normalize, inside the Segmenter)
+- postprocess: (1, K, H, W) class scores -> labels + confidence (the Segmenter's argmax/normalise, K = 19)
+- encode:      labels -> mono8 output image; "+extras" adds colour, overlay and confidence images
+- publish:     output message -> CDR bytes (DDS writer serialization of the labels image)
+"label path" = receive + decode + encode + publish, the node's own work for the labels output (target <= 5 ms
+for 1920x1080 rgb8 on the project's 2-core CPU). The pre/postprocess columns run on the model's device in a real
+deployment and are printed for reference. The DDS round trip sends a 640x480 rgb8 frame to an echo process over
+loopback and back (target <= 10 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import torch
+
+from mfuser_model.inference import _to_result
+from mfuser_model.preprocess import normalize
+from mfuser_ros.conversions import OutputImage, message_to_rgb
+from mfuser_ros.pipeline import FrameTiming, SegmentationPipeline, Wanted
+
+SIZES = [(480, 640), (720, 1280), (1080, 1920)]
+NUM_CLASSES = 19
+
+
+def median_ms(fn, reps: int) -> float:
+    fn()  # warm caches and allocators
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def scene(height: int, width: int) -> np.ndarray:
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    rgb = np.stack([x / width, y / height, (x + y) / (width + height)], -1) * 255
+    return rgb.astype(np.uint8)
+
+
+def measure_row(pipeline: SegmentationPipeline, rgb: np.ndarray, scores: torch.Tensor, kind: str, reps: int) -> dict:
+    """Median ms of every stage for one input size and kind."""
+    from mfuser_ros.dds import CompressedImage_, Header_, Image_, Time_, to_dds_image
+
+    height, width = rgb.shape[:2]
+    header = Header_(Time_(1, 2), "camera_optical")
+    if kind == "rgb8":
+        msg_type = Image_
+        wire = Image_(header, height, width, "rgb8", 0, width * 3, rgb).serialize()
+    else:
+        msg_type = CompressedImage_
+        jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].reshape(-1)
+        wire = CompressedImage_(header, "jpeg", jpeg).serialize()
+    msg = msg_type.deserialize(wire)
+    result = _to_result(scores, None)
+    timing = FrameTiming()
+    labels = OutputImage("mono8", result.labels)
+    row = {
+        "receive": median_ms(lambda: msg_type.deserialize(wire), reps),
+        "decode": median_ms(lambda: message_to_rgb(msg), reps),
+        "preproc": median_ms(lambda: normalize(rgb), reps),
+        "postproc": median_ms(lambda: _to_result(scores, None), reps),
+        "encode": median_ms(lambda: pipeline.encode(0, header, rgb, result, Wanted(), timing), reps),
+        "+extras": median_ms(lambda: pipeline.encode(0, header, rgb, result, Wanted(True, True, True), timing), reps),
+        "publish": median_ms(lambda: to_dds_image(header, labels).serialize(), reps),
+    }
+    row["label path"] = row["receive"] + row["decode"] + row["encode"] + row["publish"]
+    return row
+
+
+def stage_table(reps: int) -> None:
+    """Print one row per input size and kind."""
+    pipeline = SegmentationPipeline(segmenter=None)
+    columns = ["receive", "decode", "preproc", "postproc", "encode", "+extras", "publish", "label path"]
+    print(f"{'input':>16} " + " ".join(f"{c:>10}" for c in columns))
+    for height, width in SIZES:
+        rgb = scene(height, width)
+        scores = torch.rand(1, NUM_CLASSES, height, width)
+        for kind in ("rgb8", "jpeg"):
+            row = measure_row(pipeline, rgb, scores, kind, reps)
+            print(f"{f'{width}x{height} {kind}':>16} " + " ".join(f"{row[c]:10.2f}" for c in columns))
+
+
+def _participant_pair(domain_id: int, out_topic: str, in_topic: str):
+    from cyclonedds.domain import DomainParticipant
+    from cyclonedds.pub import DataWriter
+    from cyclonedds.sub import DataReader
+    from cyclonedds.topic import Topic
+
+    from mfuser_ros.dds import Image_, dds_qos
+
+    dp = DomainParticipant(domain_id)
+    writer = DataWriter(dp, Topic(dp, out_topic, Image_), qos=dds_qos("reliable", 1))
+    reader = DataReader(dp, Topic(dp, in_topic, Image_), qos=dds_qos("reliable", 1))
+    return dp, writer, reader
+
+
+def echo(domain_id: int, seconds: float) -> None:
+    """Echo process: every Image_ on rt/bench/ping goes back on rt/bench/pong."""
+    from cyclonedds.core import WaitSet
+    from cyclonedds.sub import ReadCondition
+    from cyclonedds.util import duration
+
+    dp, writer, reader = _participant_pair(domain_id, "rt/bench/pong", "rt/bench/ping")
+    waitset = WaitSet(dp)
+    waitset.attach(ReadCondition(reader, 0xFFFF))  # any sample state
+    print("echo ready", flush=True)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        waitset.wait(duration(milliseconds=100))
+        for sample in reader.take(N=10):
+            writer.write(sample)
+
+
+def round_trip(frames: int) -> None:
+    from cyclonedds.core import WaitSet
+    from cyclonedds.sub import ReadCondition
+    from cyclonedds.util import duration
+
+    from mfuser_ros.dds import Header_, Image_, Time_, loopback_uri
+
+    os.environ["CYCLONEDDS_URI"] = loopback_uri()
+    domain_id = 1 + os.getpid() % 200
+    proc = subprocess.Popen([sys.executable, __file__, "--echo", str(domain_id)], stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ))
+    try:
+        assert "ready" in proc.stdout.readline()
+        dp, writer, reader = _participant_pair(domain_id, "rt/bench/ping", "rt/bench/pong")
+        waitset = WaitSet(dp)
+        waitset.attach(ReadCondition(reader, 0xFFFF))
+        deadline = time.monotonic() + 20
+        while writer.get_publication_matched_status().current_count == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        rgb = scene(480, 640)
+        times = []
+        for i in range(frames + 5):
+            msg = Image_(Header_(Time_(0, i), "cam"), 480, 640, "rgb8", 0, 1920, rgb)
+            t0 = time.perf_counter()
+            writer.write(msg)
+            got = None
+            while got is None and time.perf_counter() - t0 < 2.0:
+                waitset.wait(duration(milliseconds=100))
+                for sample in reader.take(N=10):
+                    if sample.header.stamp.nanosec == i:
+                        got = sample
+            if got is not None and i >= 5:  # first frames include discovery and allocation
+                times.append((time.perf_counter() - t0) * 1e3)
+        times.sort()
+        print(f"DDS round trip 640x480 rgb8 (loopback, echo process): median {statistics.median(times):.2f} ms, "
+              f"p95 {times[int(0.95 * (len(times) - 1))]:.2f} ms over {len(times)} frames "
+              f"({frames + 5 - 5 - len(times)} lost)")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--frames", type=int, default=50)
+    parser.add_argument("--no-dds", action="store_true")
+    parser.add_argument("--echo", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.echo is not None:
+        echo(args.echo, 120.0)
+        return
+    print(f"node overhead per frame (median ms over {args.reps}), torch threads {torch.get_num_threads()}, "
+          f"{os.cpu_count()} CPUs")
+    stage_table(args.reps)
+    if not args.no_dds:
+        round_trip(args.frames)
+
+
+if __name__ == "__main__":
+    main()
