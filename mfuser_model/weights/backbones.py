@@ -115,6 +115,9 @@ def resize_pos_embed(
         new_grid: target ``(H, W)``.
         num_prefix_tokens: rows before the grid (1 for a CLS token, 0 for SigLIP).
         mode: ``"bicubic"`` or ``"bilinear"`` (``align_corners=False``, no antialias, as the reference).
+
+    Returns:
+        The table unchanged if the grid already fits, else a float32 table.
     """
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     side = math.isqrt(grid.shape[1])
@@ -123,20 +126,22 @@ def resize_pos_embed(
         raise ValueError(msg)
     if (side, side) == tuple(new_grid):
         return pos_embed
+    # Resampled in float32 and kept there (OpenAI's file is fp16; the reference calls .float() before resizing).
     dim = grid.shape[-1]
-    orig_dtype = grid.dtype
     maps = grid.float().reshape(1, side, side, dim).permute(0, 3, 1, 2)
     maps = F.interpolate(maps, size=tuple(new_grid), mode=mode, align_corners=False)
-    grid = maps.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(orig_dtype)
-    return torch.cat([prefix, grid], dim=1)
+    grid = maps.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim)
+    return torch.cat([prefix.float(), grid], dim=1)
 
 
 def resize_patch_kernel(weight: torch.Tensor, size: tuple[int, int], *, mode: str) -> torch.Tensor:
-    """Interpolate a patch-embedding kernel ``(C, 3, p, p)`` to ``(C, 3, *size)`` (the reference's 14 -> 16)."""
+    """Interpolate a patch-embedding kernel ``(C, 3, p, p)`` to ``(C, 3, *size)`` (the reference's 14 -> 16).
+
+    Returns the kernel unchanged if it already has ``size``, else a float32 result.
+    """
     if tuple(weight.shape[-2:]) == tuple(size):
         return weight
-    out = F.interpolate(weight.float(), size=tuple(size), mode=mode, align_corners=False)
-    return out.to(weight.dtype)
+    return F.interpolate(weight.float(), size=tuple(size), mode=mode, align_corners=False)  # float32, as above
 
 
 def _fit_vision(state: StateDict, shapes: Mapping[str, torch.Size], family: str) -> StateDict:

@@ -316,3 +316,15 @@ def test_a_missing_block_is_a_partial_load_unless_allowed(tmp_path):
         load_dinov2(tiny_dinov2(), path)
     report = load_dinov2(tiny_dinov2(), path, allow_partial=True)
     assert "blocks.1.norm1.weight" in report.missing
+
+
+def test_fp16_files_are_resized_in_float32_like_the_reference(tmp_path):
+    src = tiny_openai_clip(seed=19).half()  # OpenAI's ViT-L-14-336px.pt holds fp16 weights
+    path = save(src.state_dict(), tmp_path / "ViT-L-14-336px-fp16.pt")
+    vision = tiny_clip_vision(img_size=48, patch_size=16)
+
+    load_vlm("clip", vision, None, path)
+
+    # Reference: torch.jit.load(...).float() first, then F.interpolate in float32.
+    pos = src.visual.positional_embedding.detach().float().unsqueeze(0)
+    torch.testing.assert_close(vision.pos_embed.detach(), reference_resize(pos, 3, 1, "bilinear"), rtol=0, atol=0)
