@@ -8,6 +8,7 @@ are config keys only; relative paths are taken from the current directory.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,9 +159,22 @@ class TrainConfig:
         return Path(self.work_dir) if self.work_dir else Path("work_dirs") / self.name
 
 
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}`` (values parsed as YAML)."""
-    return dict(parse_override(item) for item in items)
+    """``["a.b=1", "c=x", "optim.lr=1e-4"]`` -> ``{"a.b": 1, "c": "x", "optim.lr": 0.0001}``.
+
+    Values are parsed as YAML, except that ``1e-4``-style numbers (strings to YAML 1.1, which wants ``1.0e-4``)
+    become floats, as anyone typing a learning rate expects.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, value = parse_override(item)
+        if isinstance(value, str) and _FLOAT.match(value.strip()):
+            value = float(value)
+        out[key] = value
+    return out
 
 
 def load_train_config(path: str | Path, overrides: Sequence[str] | dict[str, Any] = ()) -> TrainConfig:

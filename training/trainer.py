@@ -274,9 +274,15 @@ def _resume_path(cfg: TrainConfig, ckpt_dir: Path) -> Path | None:
 
 
 # ---- the run -----------------------------------------------------------------------------------------------------
-def train(cfg: TrainConfig) -> TrainResult:
+def train(cfg: TrainConfig, stop_at: int | None = None) -> TrainResult:
     """Run ``cfg``: train (resuming from the run folder's latest checkpoint by default), then write the model
     file and evaluate every target. Under ``torchrun`` each process calls this.
+
+    Args:
+        cfg: the run.
+        stop_at: leave after this many iterations (counted from 0, not from the resume point) without writing
+            the model file or evaluating, as a killed job would; the schedule still spans ``cfg.iterations``.
+            For time-limited jobs and kill/resume tests.
 
     Raises:
         TrainingError: a non-finite loss (names the iteration and the terms).
@@ -285,12 +291,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     """
     ctx = setup_distributed(cfg.device)
     try:
-        return _train(cfg, ctx)
+        return _train(cfg, ctx, stop_at)
     finally:
         teardown_distributed(ctx)
 
 
-def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:  # noqa: PLR0912
+def _train(cfg: TrainConfig, ctx: DistContext, stop_at: int | None) -> TrainResult:  # noqa: PLR0912
     device = ctx.device
     run_dir = cfg.run_dir
     ckpt_dir = run_dir / "checkpoints"
@@ -368,7 +374,8 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:  # noqa: PLR0912
     tick = time.perf_counter()
     try:
         batches: Iterator[dict[str, torch.Tensor]] = iter(loader)
-        for it in range(start, cfg.iterations):
+        end = cfg.iterations if stop_at is None else min(stop_at, cfg.iterations)
+        for it in range(start, end):
             lr = set_lr(optimizer, it, cfg.iterations, cfg.optim)
             batch = next(batches)
             images = batch["image"].to(device, non_blocking=True)
@@ -427,6 +434,8 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:  # noqa: PLR0912
                 net.train()
         if loggers.bar is not None:
             loggers.bar.close()
+        if result.iterations < cfg.iterations:  # stopped early (stop_at): leave like an interrupted job
+            return result
         if ctx.is_main:
             result.model_path = save_model(model, run_dir / "model.safetensors", extra_metadata={
                 "train_config": cfg.name, "iterations": str(result.iterations), "git_revision": git_revision()})
