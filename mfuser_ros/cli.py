@@ -61,6 +61,9 @@ def _run_dds(args: argparse.Namespace, config: NodeConfig) -> int:
     from mfuser_ros.model_loader import load_model  # noqa: PLC0415 - torch import only when running
 
     loaded = load_model(config)
+    if loaded.random_weights:
+        print("mfuser-node: warning: no 'checkpoint' given, the model has random weights (tests and demos only)",
+              file=sys.stderr, flush=True)
     if config.warmup:
         loaded.pipeline.warmup(*(config.output_size or (config.crop_size, config.crop_size)))
 

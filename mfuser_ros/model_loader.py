@@ -25,6 +25,7 @@ class LoadedModel:
     class_names: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...]
     device: str
+    random_weights: bool = False  # no checkpoint: only for tests and demos, the node warns
 
 
 def _check_device(device: str) -> None:
@@ -65,7 +66,8 @@ def load_model(config: NodeConfig) -> LoadedModel:
     segmenter = _build_segmenter(model, config)
     model_config = model.config
     pipeline = SegmentationPipeline.from_config(config, segmenter, palette=tuple(model_config.palette))
-    return LoadedModel(pipeline, tuple(model_config.class_names), tuple(model_config.palette), config.device)
+    return LoadedModel(pipeline, tuple(model_config.class_names), tuple(model_config.palette), config.device,
+                       random_weights=not config.checkpoint)
 
 
 def release_model(loaded: LoadedModel | None) -> None:

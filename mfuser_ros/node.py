@@ -143,6 +143,8 @@ class MFuserNode(LifecycleNode):
             return False
         self.get_logger().info(f"model '{self.config.preset}' loaded on {self.config.device} "
                                f"({self.config.precision}, {self.config.decoder_backend})")
+        if self.model.random_weights:
+            self.get_logger().warning("no 'checkpoint' given: the model has random weights (tests and demos only)")
         return True
 
     def _release(self) -> None:
