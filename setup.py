@@ -70,5 +70,6 @@ setup(
         "mfuser-replay = mfuser_ros.replay:main",
         "mfuser_replay = mfuser_ros.replay:main",
         "mfuser-make-demo-bag = mfuser_ros.make_demo_bag:main",
+        "mfuser-convert = mfuser_model.weights.convert_cli:main",
     ]},
 )
