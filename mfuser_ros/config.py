@@ -49,6 +49,8 @@ class NodeConfig:
         preset / checkpoint: model preset name and weight file (empty: random weights, for tests only).
         device: ``cpu`` or ``cuda[:N]``. precision: ``fp32``, ``fp16`` or ``bf16``.
         decoder_backend: ``torch``, ``onnxruntime`` or ``tensorrt`` (passed to the model factory).
+        decoder_onnx: a fixed decoder export for onnxruntime/tensorrt (one input size); empty: export per input
+            size into ``decoder_cache_dir`` (empty: the model library's default cache folder).
         inference_mode / crop_size / stride: whole-image or sliding-window inference.
         output_width / output_height: size of every output image; 0 and 0 = the input's size.
         overlay_alpha: weight of the colour mask in the overlay image.
@@ -74,6 +76,8 @@ class NodeConfig:
     device: str = "cpu"
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     decoder_backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
+    decoder_onnx: str = ""
+    decoder_cache_dir: str = ""
     inference_mode: Literal["whole", "slide"] = "whole"
     crop_size: int = 512
     stride: int = 341

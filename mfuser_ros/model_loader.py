@@ -40,18 +40,12 @@ def _check_device(device: str) -> None:
 
 
 def _build_segmenter(model: Any, config: NodeConfig) -> Any:
-    kwargs = {"mode": config.inference_mode, "crop_size": config.crop_size, "stride": config.stride,
-              "device": config.device, "precision": config.precision}
-    if config.decoder_backend == "torch":
-        return inference.Segmenter(model, **kwargs)
-    # The onnxruntime and TensorRT decoders live on the model side; the node only passes the choice through.
-    factory = getattr(inference, "build_segmenter", None)
-    if factory is None:
-        msg = (f"parameter 'decoder_backend': {config.decoder_backend!r} needs "
-               "mfuser_model.inference.build_segmenter(model, decoder_backend=..., ...), which this mfuser_model "
-               "does not provide; use 'torch'")
-        raise ConfigError(msg)
-    return factory(model, decoder_backend=config.decoder_backend, **kwargs)
+    # The decoder backends (onnxruntime, TensorRT engine cache) live on the model side; the node passes the choice
+    # and its options through to that factory.
+    return inference.build_segmenter(
+        model, decoder_backend=config.decoder_backend, onnx_path=config.decoder_onnx or None,
+        cache_dir=config.decoder_cache_dir or None, max_batch=config.max_batch, mode=config.inference_mode,
+        crop_size=config.crop_size, stride=config.stride, device=config.device, precision=config.precision)
 
 
 def load_model(config: NodeConfig) -> LoadedModel:
