@@ -412,6 +412,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, stop_at: int | None) -> TrainResu
                     row["max_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
                 loggers.log(row)
             if done % cfg.checkpoint_interval == 0 or done == cfg.iterations:
+                _broadcast_buffers(model, ctx)
                 rngs = all_gather_objects(capture_rng_state(), ctx)
                 if ctx.is_main:
                     save_checkpoint(checkpoint_path(ckpt_dir, done), {
@@ -436,6 +437,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, stop_at: int | None) -> TrainResu
             loggers.bar.close()
         if result.iterations < cfg.iterations:  # stopped early (stop_at): leave like an interrupted job
             return result
+        _broadcast_buffers(model, ctx)
         if ctx.is_main:
             result.model_path = save_model(model, run_dir / "model.safetensors", extra_metadata={
                 "train_config": cfg.name, "iterations": str(result.iterations), "git_revision": git_revision()})
@@ -445,6 +447,17 @@ def _train(cfg: TrainConfig, ctx: DistContext, stop_at: int | None) -> TrainResu
     finally:
         loggers.close()
     return result
+
+
+def _broadcast_buffers(model: nn.Module, ctx: DistContext) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics on the CPU, where SyncBatchNorm is unavailable).
+
+    DDP does the same at the start of every forward; doing it before a checkpoint or the final save makes the
+    replicas identical at the moment they are written or compared.
+    """
+    if ctx.distributed:
+        for buf in model.buffers():
+            torch.distributed.broadcast(buf, src=0)
 
 
 def _evaluate(cfg: TrainConfig, model: MFuser, ctx: DistContext, out_dir: Path, iteration: int,
