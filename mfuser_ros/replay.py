@@ -393,13 +393,15 @@ def run_replay(options: ReplayOptions, *, loaded: LoadedModel | None = None,
                              log_throttle_s=config.log_throttle_s, stats_window_s=config.stats_window_s)
         t_start = time.perf_counter()
         out_bag.open()
+        player = _Player(run, worker, loaded, config)
         try:
-            partial, exit_code = _play(bag, run, _Player(run, worker, loaded, config), gt_topics, on_frame)
+            partial, exit_code = _play(bag, run, player, gt_topics, on_frame)
         finally:
             worker.stop()
             progress.close()
             out_bag.close()
-        wall_s = time.perf_counter() - t_start
+        # The node warms up at activation, before its first frame: not part of the replay's frame time.
+        wall_s = time.perf_counter() - t_start - player.warmup_s
         summary = _summary(options, run, worker, config, out_bag_path, wall_s, partial, bag.damaged)
     montage_path = options.out / "montage.png"
     has_montage = options.montage_rows > 0 and run.montage.save(montage_path)
@@ -416,6 +418,7 @@ class _Player:
         self.loaded = loaded
         self.max_batch = config.max_batch
         self.warmed = not config.warmup
+        self.warmup_s = 0.0
         self.batch: list[tuple[int, Any]] = []
         self.bag_t0: int | None = None
         self.wall_t0 = 0
@@ -432,8 +435,10 @@ class _Player:
     def warmup(self, msg: Any) -> None:
         """The node warms up at activation; here on the first frame's size, before any timing."""
         self.warmed = True
+        t0 = time.perf_counter()
         with contextlib.suppress(MFuserError):  # a malformed first frame is counted by the pipeline itself
             self.loaded.pipeline.warmup(*message_to_rgb(msg, self.loaded.pipeline.limits).shape[:2])
+        self.warmup_s = time.perf_counter() - t0
 
     def frame(self, camera: int, timestamp: int, msg: Any) -> None:
         """Hand one camera frame to the worker."""
