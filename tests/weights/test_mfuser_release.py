@@ -389,6 +389,16 @@ def _images(size: int) -> T:
 # Tests
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine OpenMP spinning makes each
+    # tiny forward take seconds instead of milliseconds.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module", params=["clip", "eva02", "siglip"])
 def release(request, tmp_path_factory):
     kind = request.param
