@@ -11,6 +11,7 @@ MVFuser forward written from the reference's ``MVFuser.forward`` checks the conv
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import pickle
@@ -210,7 +211,8 @@ def _vision_reference(m: MFuser, kind: str, *, fold_cls: bool = True) -> dict[st
         _lin(out, "head", v.head)
         grid = m.config.img_size // m.config.patch_size
         head_dim = m.config.vlm_dim // m.config.vlm_heads
-        rope = {"freqs_cos": torch.randn(grid * grid, head_dim), "freqs_sin": torch.randn(grid * grid, head_dim)}
+        dev = v.cls_token.device
+        rope = {n: torch.randn(grid * grid, head_dim, device=dev) for n in ("freqs_cos", "freqs_sin")}
         out.update({f"rope.{k}": t for k, t in rope.items()})
         for i, blk in enumerate(v.blocks):
             p = f"blocks.{i}"
@@ -312,7 +314,8 @@ def to_reference(m: MFuser, kind: str) -> dict[str, T]:
     c = m.config
     bb = m.backbone
     out: dict[str, T] = {f"backbone.dinov2.{k}": v for k, v in bb.vfm.state_dict().items()}
-    out["backbone.dinov2.mask_token"] = torch.randn(1, c.vfm_dim)
+    dev = m.gamma.device
+    out["backbone.dinov2.mask_token"] = torch.randn(1, c.vfm_dim, device=dev)
     out.update({f"backbone.{k}": v for k, v in _vision_reference(m, kind).items()})
     for i, f in enumerate(bb.fusers):
         out.update(_reference_fuser(f, f"backbone.adapter.{i}"))
@@ -321,10 +324,10 @@ def to_reference(m: MFuser, kind: str) -> dict[str, T]:
     elif kind == "siglip":  # built and trained by the reference, never used: random numbers must not matter
         for i in range(c.depth):
             for j, (o, n) in enumerate(((c.vlm_dim, c.vfm_dim), (c.vfm_dim, c.vlm_dim)), start=1):
-                out[f"backbone.adapter_proj{j}.{i}.weight"] = torch.randn(o, n)
-                out[f"backbone.adapter_proj{j}.{i}.bias"] = torch.randn(o)
-        out["backbone.adapter_proj3.weight"] = torch.randn(c.vlm_dim, c.vfm_dim)
-        out["backbone.adapter_proj3.bias"] = torch.randn(c.vlm_dim)
+                out[f"backbone.adapter_proj{j}.{i}.weight"] = torch.randn(o, n, device=dev)
+                out[f"backbone.adapter_proj{j}.{i}.bias"] = torch.randn(o, device=dev)
+        out["backbone.adapter_proj3.weight"] = torch.randn(c.vlm_dim, c.vfm_dim, device=dev)
+        out["backbone.adapter_proj3.bias"] = torch.randn(c.vlm_dim, device=dev)
     for name, t in bb.pyramid.fpn1.state_dict().items():
         out[f"backbone.fpn1.{name}"] = t
     _lin(out, "backbone.fpn2.0", bb.pyramid.fpn2)
@@ -333,7 +336,7 @@ def to_reference(m: MFuser, kind: str) -> dict[str, T]:
     out["contexts"] = m.text_encoder.contexts
     out["gamma"] = m.gamma
     if kind == "eva02":
-        out["random_text"] = torch.randn(c.num_classes, c.text_dim)
+        out["random_text"] = torch.randn(c.num_classes, c.text_dim, device=dev)
     cd = m.context_decoder
     for name in ("memory_proj", "text_proj", "out_proj"):
         for k, v in getattr(cd, name).state_dict().items():
@@ -687,3 +690,51 @@ def test_siglip_tokenizer_folder_is_required_for_siglip_class_names():
     config = load_model_config("mfuser-siglip-large")
     with pytest.raises(ConfigError, match="spiece.model"):
         class_token_ids(config)
+
+
+# Shapes the reference constructors give at full size (configs/mfuser/*.py, 512 crops), for the released files.
+_FULL_SIZE = {
+    "clip": {"backbone.positional_embedding": (32 * 32 + 1, 1024), "backbone.conv1.weight": (1024, 3, 16, 16),
+             "backbone.proj": (1024, 768), "backbone.dinov2.pos_embed": (1, 32 * 32 + 1, 1024),
+             "backbone.dinov2.patch_embed.proj.weight": (1024, 3, 16, 16),
+             "text_encoder.positional_embedding": (10, 768),
+             "text_encoder.text_projection": (768, 768), "contexts": (1, 5, 768), "gamma": (768,),
+             "backbone.adapter_proj1.0.weight": (1024, 1024)},
+    "eva02": {"backbone.pos_embed": (1, 36 * 36 + 1, 1024), "backbone.patch_embed.proj.weight": (1024, 3, 14, 14),
+              "backbone.head.weight": (768, 1024), "backbone.dinov2.pos_embed": (1, 36 * 36 + 1, 1024),
+              "backbone.blocks.0.mlp.w1.weight": (2730, 1024), "text_encoder.positional_embedding": (13, 768),
+              "contexts": (1, 8, 768), "backbone.rope.freqs_cos": (36 * 36, 64)},
+    "siglip": {"backbone.embeddings.position_embedding.weight": (32 * 32, 1024),
+               "backbone.embeddings.patch_embedding.weight": (1024, 3, 16, 16),
+               "text_encoder.embeddings.position_embedding.weight": (10, 1024),
+               "text_encoder.embeddings.token_embedding.weight": (32000, 1024),
+               "text_encoder.head.weight": (1024, 1024),
+               "contexts": (1, 5, 1024), "backbone.head.attention.in_proj_weight": (3 * 1024, 1024)},
+}
+_FULL_SIZE_COMMON = {
+    "backbone.adapter.0.in_proj.weight": (1024, 1024), "backbone.adapter.23.x_proj.weight": (64 + 32, 512),
+    "backbone.adapter.0.A_log": (512, 16), "backbone.fpn1.0.weight": (2048, 2048, 2, 2),
+    "context_decoder.decoder.0.cross_attn.x_proj.weight": (16 + 32, 128),
+    "decode_head.pixel_decoder.input_convs.0.conv.weight": (256, 2048, 1, 1),
+    "decode_head.pixel_decoder.encoder.layers.5.ffns.0.layers.0.0.weight": (2048, 256),
+    "decode_head.transformer_decoder.layers.8.ffns.0.layers.0.0.weight": (2048, 256),
+    "decode_head.cls_embed.weight": (20, 256), "decode_head.query_embed.weight": (19, 256),
+}
+
+
+@pytest.mark.parametrize("kind", ["clip", "eva02", "siglip"])
+def test_full_size_presets_take_the_released_layout(kind):
+    """The full presets at the released files' size: every key, reference shapes, no memory (meta tensors)."""
+    preset = {"clip": "mfuser-clip-large", "eva02": "mfuser-eva02-large", "siglip": "mfuser-siglip-large"}[kind]
+    config = load_model_config(preset)
+    rows = config.name_length + config.num_context
+    config_at_release = dataclasses.replace(config, text_context_length=rows)
+    with torch.device("meta"):
+        model = MFuser(config_at_release, torch.zeros(19, config.name_length, dtype=torch.long))
+    state = to_reference(model, kind)
+    assert set(state) == reference_keys(kind, config)
+    for key, shape in {**_FULL_SIZE_COMMON, **_FULL_SIZE[kind]}.items():
+        assert tuple(state[key].shape) == shape, key
+    assert release_config(state, config) == config_at_release
+    converted = convert_release_state_dict(state, config_at_release, source=f"{kind}-full.pth")
+    assert set(converted) | set(NOT_IN_RELEASE) == set(model.state_dict())
