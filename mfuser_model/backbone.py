@@ -117,7 +117,8 @@ class FusedBackbone(nn.Module):
             self.adapter_proj3 = nn.Linear(vfm_spec.embed_dim, dim, **dd)
         self.pyramid = SimplePyramid(vfm_spec.embed_dim + dim, **dd)
         # Block-by-block views of the two encoders (plain objects: they hold no parameters of their own).
-        self._vfm, self._vlm = TokenStream(self.vfm), TokenStream(self.vlm)
+        self._vfm = TokenStream(self.vfm)
+        self._vlm = TokenStream(self.vlm, double_class_embedding=vlm_kind == "clip")
 
     def trainable_modules(self) -> list[nn.Module]:
         """The parts MFuser trains: fusers, CLIP projections and the pyramid."""

@@ -110,9 +110,12 @@ class TokenStream:
     ``block(i, x)`` applies block i (with EVA's RoPE for the current grid); ``norm`` is the final norm.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, double_class_embedding: bool = False) -> None:
         self.model = model
         self.is_eva = isinstance(model, Eva)
+        # The reference CLIP tower adds its class embedding twice (once as the token, once into pos[0]);
+        # trained MFuser-CLIP weights expect that input, so the CLIP stream reproduces it.
+        self.double_class_embedding = double_class_embedding
         self.num_prefix_tokens = int(model.num_prefix_tokens)
         self._rope: torch.Tensor | None = None
 
@@ -135,6 +138,8 @@ class TokenStream:
             x, self._rope = self.model._pos_embed(x)
         else:
             x = self.model._pos_embed(x)
+            if self.double_class_embedding:
+                x = torch.cat([x[:, :1] + self.model.cls_token, x[:, 1:]], dim=1)
             x = self.model.patch_drop(x)
         x = self.model.norm_pre(x)
         return x, grid

@@ -29,7 +29,9 @@ def build_text_tower(kind: VLMKind, *, width: int, heads: int, layers: int, embe
     cfg: dict = {"context_length": context_length, "vocab_size": vocab_size, "width": width, "heads": heads,
                  "layers": layers}
     if kind == "siglip":
-        cfg.update(no_causal_mask=True, proj_bias=True, pool_type="last", norm_kwargs={"eps": 1e-6})
+        # SigLIP's MLPs use the tanh approximation of GELU (Hugging Face's gelu_pytorch_tanh).
+        cfg.update(no_causal_mask=True, proj_bias=True, pool_type="last", norm_kwargs={"eps": 1e-6},
+                   act_kwargs={"approximate": "tanh"})
     return _build_text_tower(embed_dim, cfg, quick_gelu=(kind == "clip"))
 
 
