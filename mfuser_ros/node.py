@@ -24,9 +24,9 @@ from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.parameter import Parameter
 from rclpy.qos import (
     QoSDurabilityPolicy,
     QoSHistoryPolicy,
@@ -107,11 +107,11 @@ class MFuserNode(LifecycleNode):
     def __init__(self, node_name: str = "mfuser_node", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         for name, default in parameter_defaults().items():
-            if isinstance(default, list) and not default:
-                # An empty list has no type to infer; declare it typed and unset.
-                self.declare_parameter(name, Parameter.Type.STRING_ARRAY)
-            else:
-                self.declare_parameter(name, default)
+            # Dynamic typing: NodeConfig checks every type itself (so `latency_warn_ms: 500` is accepted as a
+            # float) and names the parameter when a value is wrong. An empty list is declared unset.
+            descriptor = ParameterDescriptor(dynamic_typing=True, description="see config/mfuser_node.yaml")
+            value = None if isinstance(default, list) and not default else default
+            self.declare_parameter(name, value, descriptor)
         self.config: NodeConfig | None = None
         self.model: LoadedModel | None = None
         self.worker: FrameWorker | None = None
@@ -127,7 +127,7 @@ class MFuserNode(LifecycleNode):
         for name in parameter_defaults():
             value = self.get_parameter(name).value
             if value is not None:
-                params[name] = list(value) if isinstance(value, (list, tuple)) else value
+                params[name] = list(value) if isinstance(value, (list, tuple, array.array)) else value
         return node_config_from_params(params, where=f"node '{self.get_fully_qualified_name()}' parameters")
 
     def _now_ns(self) -> int:

@@ -9,6 +9,7 @@ one batch and hands the results to an :class:`OutputSink` (rclpy publishers, DDS
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +30,7 @@ from mfuser_ros.conversions import (
     palette_lut_bgr,
 )
 from mfuser_ros.errors import FrameError
-from mfuser_ros.stats import CameraStats, DiagnosticStatusData, DiagnosticThresholds, build_statuses
+from mfuser_ros.stats import ERROR, CameraStats, DiagnosticStatusData, DiagnosticThresholds, build_statuses
 
 __all__ = [
     "CameraOutputs",
@@ -303,6 +304,7 @@ class FrameWorker:
         self._thread: threading.Thread | None = None
         self.batches = 0
         self.max_batch_seen = 0
+        self.failure = ""  # set when the thread died of an unexpected error (shown in diagnostics as ERROR)
 
     def submit(self, camera: int, msg: Any) -> None:
         """Subscription callback body: keep ``msg`` as the camera's newest frame; O(1), never blocks on the model."""
@@ -313,6 +315,7 @@ class FrameWorker:
         if self._thread is not None:
             return
         self._stop.clear()
+        self.failure = ""
         self._slots = LatestFrameSlots(len(self.cameras))
         self._thread = threading.Thread(target=self._loop, name="mfuser-worker", daemon=True)
         self._thread.start()
@@ -331,10 +334,18 @@ class FrameWorker:
         return self._thread is not None and self._thread.is_alive()
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            frames = self._slots.take(timeout=0.1)
-            if frames and not self._stop.is_set():
-                self.process(frames)
+        try:
+            while not self._stop.is_set():
+                frames = self._slots.take(timeout=0.1)
+                if frames and not self._stop.is_set():
+                    self.process(frames)
+        except Exception as err:
+            # Bad frames and model failures are handled per frame; anything else (a transport that cannot
+            # publish, a bug) ends the thread. Record it so /diagnostics reports ERROR, then let the thread's
+            # excepthook print the traceback.
+            self.failure = f"{type(err).__name__}: {err}"
+            self._log(("worker",), f"worker stopped: {self.failure}")
+            raise
 
     def run_once(self, timeout: float = 0.0) -> int:
         """Without the thread: process the frames waiting now (after up to ``timeout`` s); returns their count."""
@@ -360,5 +371,9 @@ class FrameWorker:
             self.stats[result.camera].record_output(result.timing.total_ms, latency_ms)
 
     def statuses(self, node_name: str, limits: DiagnosticThresholds, active: bool = True) -> list[DiagnosticStatusData]:
-        """Diagnostic status per camera from the current statistics."""
-        return build_statuses(node_name, self.cameras, [s.snapshot() for s in self.stats], limits, active)
+        """Diagnostic status per camera from the current statistics (ERROR for all if the thread failed)."""
+        statuses = build_statuses(node_name, self.cameras, [s.snapshot() for s in self.stats], limits, active)
+        if self.failure:
+            statuses = [dataclasses.replace(s, level=ERROR, message=f"worker stopped: {self.failure}")
+                        for s in statuses]
+        return statuses

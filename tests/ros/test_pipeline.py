@@ -11,6 +11,7 @@ import pytest
 from mfuser_model.classes import CITYSCAPES_PALETTE, colorize
 from mfuser_ros.errors import FrameError
 from mfuser_ros.pipeline import FrameFailure, FrameWorker, SegmentationPipeline, Wanted, stamp_ns
+from mfuser_ros.stats import ERROR, DiagnosticThresholds
 
 ALL = Wanted(color=True, overlay=True, confidence=True)
 NONE = Wanted()
@@ -192,5 +193,31 @@ def test_warmup_runs_one_frame(tiny_model):
 
 def test_timings_are_filled_per_stage(pipeline, msgs, scene):
     out = pipeline.process(msgs.image(scene(48, 64), "bgr8"), ALL)
+    # Stages are measured, never asserted against a budget (benchmarks/node_overhead.py prints them).
     assert out.timing.decode_ms > 0 and out.timing.model_ms > 0 and out.timing.encode_ms > 0
-    time.sleep(0)  # stages are measured, never asserted against a budget (benchmarks/node_overhead.py does that)
+
+
+def test_a_sink_that_cannot_publish_stops_the_worker_and_diagnostics_say_so(tiny_model, msgs, scene, monkeypatch):
+    class BrokenSink(CollectingSink):
+        def publish(self, outputs):
+            self.event.set()
+            msg = "DDS write failed"
+            raise OSError(msg)
+
+    hook_calls = []
+    monkeypatch.setattr(threading, "excepthook", hook_calls.append)
+    sink = BrokenSink()
+    worker = FrameWorker(SegmentationPipeline(tiny_model.pipeline.segmenter), ["front"], sink, warn=lambda _m: None)
+    worker.start()
+    try:
+        worker.submit(0, msgs.image(scene(48, 64), "rgb8"))
+        assert sink.event.wait(30.0)
+        deadline = time.monotonic() + 10.0
+        while worker.running and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        worker.stop()
+    (status,) = worker.statuses("/seg", DiagnosticThresholds())
+    assert status.level == ERROR
+    assert status.message == "worker stopped: OSError: DDS write failed"
+    assert len(hook_calls) == 1
