@@ -35,6 +35,8 @@ EXTRAS = {
     "cuda": ["mamba-ssm==2.3.2", "causal-conv1d==1.7.0"],
     "export": ["onnx==1.23.2", "onnxruntime==1.32.0", "onnxscript==0.7.2"],
     "ros": ["rosbags==0.11.9", "rosbags-image==0.10.4", "cyclonedds==11.0.1"],
+    # SigLIP's tokenizer (the user supplies its files): either library reads them.
+    "siglip": ["tokenizers==0.23.3", "sentencepiece==0.2.3"],
     "train": ["tensorboard==2.21.0", "cityscapesscripts==2.3.0", "scipy==1.17.1"],
     "dev": ["pytest==9.2.0", "pytest-timeout==2.4.0", "hypothesis==6.170.17", "ruff==0.17.6"],
 }
