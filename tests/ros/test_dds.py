@@ -176,7 +176,7 @@ def node_process():
                str(domain_id), "--config", str(REPO / "config" / "mfuser_node.yaml"),
                "-p", "image_topics=[front/image_raw, rear/image_raw/compressed]", "-p", "warmup=false",
                "-p", "diagnostics_period_s=0.3", "-p", "stats_window_s=60.0", "-p", "log_throttle_s=60.0",
-               "--duration", "170"]
+               "--duration", "600"]
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             line = proc.stdout.readline()  # the node prints its ready line once its topics exist
