@@ -257,3 +257,61 @@ def test_unknown_topic_is_named(tmp_path, msgs, typestore, tiny_model):
     bag = write_bag(tmp_path / "drive", msgs, typestore, frames=1)
     with pytest.raises(ReplayError, match=r"topic '/rear/image_raw' is not in the bag"):
         run_replay(replace(options(bag, tmp_path / "report"), topics=("/rear/image_raw",)), loaded=tiny_model)
+
+
+def test_ros1_bag_is_replayed_into_a_ros2_output_bag(tmp_path, tiny_model):
+    rosbag1 = pytest.importorskip("rosbags.rosbag1")
+    from rosbags.typesys import Stores, get_typestore
+
+    ts1 = get_typestore(Stores.ROS1_NOETIC)
+    Image, Header, Time = (ts1.types[n] for n in (IMAGE, "std_msgs/msg/Header", "builtin_interfaces/msg/Time"))
+    bag = tmp_path / "drive.bag"
+    with rosbag1.Writer(bag) as w:
+        conn = w.add_connection("/front/image_raw", IMAGE, typestore=ts1)
+        for i in range(2):
+            pixels = scene(48, 64, seed=i)
+            msg = Image(header=Header(seq=i, stamp=Time(sec=100 + i, nanosec=5), frame_id="front"), height=48,
+                        width=64, encoding="rgb8", is_bigendian=0, step=192, data=pixels.reshape(-1))
+            w.write(conn, (100 + i) * 10**9 + 5, ts1.serialize_ros1(msg, IMAGE))
+    result = run_replay(options(bag, tmp_path / "report", outputs=()), loaded=tiny_model)
+    assert result.exit_code == 0
+    out = read_bag(result.output_bag)
+    assert (result.output_bag / "metadata.yaml").is_file()
+    assert len(out["/front/image_raw"]) == len(out["/front/mfuser/labels"]) == 2
+    for (_, copied), (_, lab), i in zip(out["/front/image_raw"], out["/front/mfuser/labels"], range(2), strict=True):
+        np.testing.assert_array_equal(copied.data.reshape(48, 64, 3), scene(48, 64, seed=i))
+        assert stamp(lab) == (100 + i) * 10**9 + 5 and lab.header.frame_id == "front"
+        expected = tiny_model.pipeline.process(copied).labels.data
+        np.testing.assert_array_equal(lab.data.reshape(lab.height, lab.width), expected)
+
+
+@pytest.mark.slow
+def test_sigint_to_the_cli_leaves_a_valid_bag_and_a_partial_report(tmp_path, msgs, typestore):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    torch = pytest.importorskip("torch")
+    from mfuser_model.checkpoint import build_model, save_model
+
+    torch.manual_seed(0)
+    model = save_model(build_model("tiny-eva02"), tmp_path / "tiny.safetensors")
+    bag = write_bag(tmp_path / "drive", msgs, typestore, frames=40)  # 4 s at the recorded rate
+    out = tmp_path / "report"
+    proc = subprocess.Popen([sys.executable, "-m", "mfuser_ros.replay", str(bag), "--checkpoint", str(model),
+                             "--out", str(out), "--realtime", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "drive_mfuser").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # into the drive, well before its 4 s end
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["partial"] is True and "interrupted" in summary["partial_reason"]
+    assert summary["frames"]["read"] < 80
+    labels = read_bag(out / "drive_mfuser").get("/front/mfuser/labels", [])
+    assert len(labels) == summary["cameras"]["/front"]["frames_out"]
