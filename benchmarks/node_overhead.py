@@ -8,7 +8,7 @@ Stages per frame (median ms over ``--reps``), for 640x480, 1280x720 and 1920x108
 - preprocess:  RGB -> normalised (1, 3, H, W) tensor (mfuser_model.preprocess.normalize, inside the Segmenter)
 - postprocess: (1, K, H, W) class scores -> labels + confidence (the Segmenter's argmax/normalise, K = 19)
 - encode:      labels -> mono8 output image; "+extras" adds colour, overlay and confidence images
-- publish:     output message -> CDR bytes (DDS writer serialization of the labels image)
+- publish:     labels image -> DDS message -> DataWriter.write (CDR serialization + Cyclone's write, no reader)
 "label path" = receive + decode + encode + publish, the node's own work for the labels output (target <= 5 ms
 for 1920x1080 rgb8 on the project's 2-core CPU). The pre/postprocess columns run on the model's device in a real
 deployment and are printed for reference. The DDS round trip sends a 640x480 rgb8 frame to an echo process over
@@ -53,7 +53,8 @@ def scene(height: int, width: int) -> np.ndarray:
     return rgb.astype(np.uint8)
 
 
-def measure_row(pipeline: SegmentationPipeline, rgb: np.ndarray, scores: torch.Tensor, kind: str, reps: int) -> dict:
+def measure_row(pipeline: SegmentationPipeline, writer: object, rgb: np.ndarray, scores: torch.Tensor, kind: str,
+                reps: int) -> dict:
     """Median ms of every stage for one input size and kind."""
     from mfuser_ros.dds import CompressedImage_, Header_, Image_, Time_, to_dds_image
 
@@ -77,7 +78,7 @@ def measure_row(pipeline: SegmentationPipeline, rgb: np.ndarray, scores: torch.T
         "postproc": median_ms(lambda: _to_result(scores, None), reps),
         "encode": median_ms(lambda: pipeline.encode(0, header, rgb, result, Wanted(), timing), reps),
         "+extras": median_ms(lambda: pipeline.encode(0, header, rgb, result, Wanted(True, True, True), timing), reps),
-        "publish": median_ms(lambda: to_dds_image(header, labels).serialize(), reps),
+        "publish": median_ms(lambda: writer.write(to_dds_image(header, labels)), reps),
     }
     row["label path"] = row["receive"] + row["decode"] + row["encode"] + row["publish"]
     return row
@@ -85,6 +86,15 @@ def measure_row(pipeline: SegmentationPipeline, rgb: np.ndarray, scores: torch.T
 
 def stage_table(reps: int) -> None:
     """Print one row per input size and kind."""
+    from cyclonedds.domain import DomainParticipant
+    from cyclonedds.pub import DataWriter
+    from cyclonedds.topic import Topic
+
+    from mfuser_ros.dds import Image_, dds_qos
+
+    # A real DDS writer (loopback only, no reader): publish = message build + CDR serialization + Cyclone's write.
+    dp = DomainParticipant(1 + os.getpid() % 200)
+    writer = DataWriter(dp, Topic(dp, "rt/bench/mfuser/labels", Image_), qos=dds_qos("reliable", 1))
     pipeline = SegmentationPipeline(segmenter=None)
     columns = ["receive", "decode", "preproc", "postproc", "encode", "+extras", "publish", "label path"]
     print(f"{'input':>16} " + " ".join(f"{c:>10}" for c in columns))
@@ -92,7 +102,7 @@ def stage_table(reps: int) -> None:
         rgb = scene(height, width)
         scores = torch.rand(1, NUM_CLASSES, height, width)
         for kind in ("rgb8", "jpeg"):
-            row = measure_row(pipeline, rgb, scores, kind, reps)
+            row = measure_row(pipeline, writer, rgb, scores, kind, reps)
             print(f"{f'{width}x{height} {kind}':>16} " + " ".join(f"{row[c]:10.2f}" for c in columns))
 
 
@@ -132,9 +142,8 @@ def round_trip(frames: int) -> None:
     from cyclonedds.sub import ReadCondition
     from cyclonedds.util import duration
 
-    from mfuser_ros.dds import Header_, Image_, Time_, loopback_uri
+    from mfuser_ros.dds import Header_, Image_, Time_
 
-    os.environ["CYCLONEDDS_URI"] = loopback_uri()
     domain_id = 1 + os.getpid() % 200
     proc = subprocess.Popen([sys.executable, __file__, "--echo", str(domain_id)], stdout=subprocess.PIPE, text=True,
                             env=dict(os.environ))
@@ -176,6 +185,9 @@ def main() -> None:
     parser.add_argument("--no-dds", action="store_true")
     parser.add_argument("--echo", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    from mfuser_ros.dds import loopback_uri
+
+    os.environ["CYCLONEDDS_URI"] = loopback_uri()  # this benchmark never needs traffic off the host
     if args.echo is not None:
         echo(args.echo, 120.0)
         return
