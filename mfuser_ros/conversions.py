@@ -216,7 +216,8 @@ def compressed_to_rgb(msg: Any, limits: ImageLimits = ImageLimits()) -> np.ndarr
     if rgb is None:
         msg_ = f"compressed image ({kind}): corrupt data, the decoder returned nothing"
         raise FrameError(msg_)
-    if rgb.shape[:2] != (height, width):
+    # OpenCV applies an EXIF orientation (as rosbags-image's decode does), which may swap the two sides.
+    if rgb.shape[:2] not in ((height, width), (width, height)):
         msg_ = f"compressed image ({kind}): header says {width}x{height}, decoded {rgb.shape[1]}x{rgb.shape[0]}"
         raise FrameError(msg_)
     return rgb

@@ -282,7 +282,8 @@ class FrameWorker:
     """Latest-frame policy + batching + statistics around a pipeline, on one background thread.
 
     Args:
-        pipeline: the synchronous pipeline.
+        pipeline: the synchronous pipeline (may be set later, before :meth:`start`: the lifecycle node loads the
+            model at activation).
         cameras: output namespace of each camera (for logs and diagnostics).
         sink: receives every frame's outputs.
         clock_ns: the transport's clock (ROS time, honouring use_sim_time) for latency = now - header.stamp.
@@ -290,7 +291,7 @@ class FrameWorker:
         log_throttle_s: throttle period. stats_window_s: statistics window.
     """
 
-    def __init__(self, pipeline: SegmentationPipeline, cameras: Sequence[str], sink: OutputSink, *,
+    def __init__(self, pipeline: SegmentationPipeline | None, cameras: Sequence[str], sink: OutputSink, *,
                  clock_ns: Callable[[], int] = time.time_ns, warn: Callable[[str], None] = print,
                  log_throttle_s: float = 5.0, stats_window_s: float = 5.0) -> None:
         self.pipeline = pipeline
