@@ -163,7 +163,13 @@ class _ReplaySink:
         return self._wanted
 
     def publish(self, outputs: CameraOutputs) -> None:
-        self.run.on_output(outputs)
+        if not self.run.options.realtime:
+            self.run.on_output(outputs)
+            return
+        try:
+            self.run.on_output(outputs)
+        except MFuserError as err:  # on the worker thread: hand it to the main thread, which stops the replay
+            self.run.fatal = self.run.fatal or err
 
 
 class _Run:
@@ -193,6 +199,7 @@ class _Run:
         rows_per_camera = max(1, options.montage_rows // max(1, len(cameras)))
         self.montage = Montage(every=max(1, per_camera // rows_per_camera), max_rows=options.montage_rows)
         self.clock_ns: Callable[[], int] = time.time_ns
+        self.fatal: MFuserError | None = None  # an error raised on the worker thread (real-time mode)
         self.out_topics = {kind: [output_topic(ns, kind) for ns in namespaces]
                            for kind in ("labels", "color", "overlay", "confidence")}
 
@@ -450,6 +457,8 @@ class _Player:
             delay = (timestamp - self.bag_t0) / self.rate - (time.monotonic_ns() - self.wall_t0)
             if delay > 0:
                 time.sleep(delay / 1e9)
+            if self.run.fatal is not None:
+                raise self.run.fatal
             self.worker.submit(camera, msg)
             return
         # The node's batching: the newest frame of each camera, at most max_batch frames per model call.
@@ -468,6 +477,8 @@ class _Player:
         self.flush()
         if self.run.options.realtime:
             _drain(self.worker, self.run)
+            if self.run.fatal is not None:
+                raise self.run.fatal
 
 
 def _play(bag: BagInput, run: _Run, player: _Player, gt_topics: dict[str, int],
@@ -503,7 +514,7 @@ def _drain(worker: FrameWorker, run: _Run, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         done = all(s.frames_out + s.errors + s.dropped >= s.frames_in for s in worker.stats)
-        if done:
+        if done or run.fatal is not None:
             return
         time.sleep(0.005)
     run.progress.write("mfuser-replay: warning: the worker did not finish the last frames in time")
