@@ -553,13 +553,18 @@ def test_converted_mvfusers_compute_the_reference_mvfuser_forward(kind):
         assert (ours - theirs).abs().max() <= 1e-6 * max(1.0, float(theirs.abs().max()))
 
 
-def test_wrong_shape_names_key_and_both_shapes(release):
-    _, model, state, _, _ = release
+def test_wrong_shape_names_file_key_and_both_shapes(release, tmp_path, capsys):
+    kind, model, state, _, extra = release
     bad = dict(state)
     bad["decode_head.cls_embed.weight"] = torch.zeros(7, model.config.head_dim)
     with pytest.raises(CheckpointError, match=r"decode_head\.cls_embed\.weight.*expected shape \(20, 32\), "
                                               r"found \(7, 32\)"):
         convert_release_state_dict(bad, release_config(state, model.config), source="bad.pth")
+    path = _save_release(bad, tmp_path / "bad.pth")
+    argv = ["--release", str(path), "--preset", PRESETS[kind], "-o", str(tmp_path / "x.safetensors")]
+    assert main(argv + (["--vlm", str(extra["vlm"])] if extra else [])) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "decode_head.cls_embed.weight" in err and "(7, 32)" in err
 
 
 def test_unknown_and_missing_keys_are_errors(release):
