@@ -300,3 +300,20 @@ def test_malformed_messages_are_counted_and_the_node_keeps_running(node_process)
     assert (errors, dropped) == (len(bad), 0), "each bad frame reaches the decoder and is counted as an error"
     rear = camera.camera_values("rear")
     assert int(rear["errors"]) >= 1
+
+
+def test_optional_outputs_are_wanted_only_while_a_reader_is_matched(monkeypatch):
+    from cyclonedds.domain import DomainParticipant
+    from cyclonedds.sub import DataReader
+    from cyclonedds.topic import Topic
+
+    from mfuser_ros.config import NodeConfig
+    from mfuser_ros.dds import _DdsSink
+    from mfuser_ros.pipeline import Wanted
+
+    monkeypatch.setenv("CYCLONEDDS_URI", loopback_uri())
+    dp = DomainParticipant(1 + (os.getpid() + 100) % 200)
+    sink = _DdsSink(dp, NodeConfig(image_topics=("front/image_raw",)), "/", "mfuser_node")
+    assert sink.wanted(0) == Wanted()
+    reader = DataReader(dp, Topic(dp, "rt/front/mfuser/overlay", Image_), qos=dds_qos("reliable", 1))
+    assert wait_until(lambda: sink.wanted(0) == Wanted(overlay=True), 10.0), f"{reader} never matched"
