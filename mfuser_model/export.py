@@ -94,26 +94,24 @@ class FinalStageDecoder(nn.Module):
 
 def decoder_input_shapes(*, in_channels: int, text_dim: int, num_classes: int, grid: tuple[int, int],
                          batch: int = 1) -> dict[str, tuple[int, ...]]:
-    """Shapes of the head's inputs for a token grid: the simple pyramid gives ×4, ×2, ×1, ×½ maps.
+    """Shapes of the head's inputs for a token grid: the simple pyramid gives ×4, ×2, ×1, ×½ (floor) maps.
 
     Args:
         in_channels: channels of every pyramid map (VFM + VLM widths).
         text_dim: width of the text embeddings.
         num_classes: K.
-        grid: the token grid `(h, w)` (image size / patch size); both must be even.
+        grid: the token grid `(h, w)` (image size // patch size), at least 2.
         batch: B.
 
     Returns:
         Input name -> shape, in `DECODER_INPUTS` order.
     """
     h, w = grid
-    if h % 2 or w % 2 or h < 2 or w < 2:
-        msg = f"token grid {grid} must be even and at least 2 (the pyramid halves it for stride 32)"
+    if h < 2 or w < 2:
+        msg = f"token grid {grid} must be at least 2x2 (the pyramid halves it for stride 32)"
         raise ConfigError(msg)
-    shapes = {
-        name: (batch, in_channels, int(h * f), int(w * f))
-        for name, f in zip(DECODER_INPUTS[:4], (4, 2, 1, 0.5), strict=True)
-    }
+    sizes = ((4 * h, 4 * w), (2 * h, 2 * w), (h, w), (h // 2, w // 2))
+    shapes = {name: (batch, in_channels, *size) for name, size in zip(DECODER_INPUTS[:4], sizes, strict=True)}
     shapes["text"] = (batch, num_classes, text_dim)
     return shapes
 
