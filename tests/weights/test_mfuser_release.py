@@ -546,11 +546,13 @@ def test_converted_mvfusers_compute_the_reference_mvfuser_forward(kind):
         ours = fresh.backbone.fusers[1](x)
         theirs = _reference_mvfuser(state, "backbone.adapter.1", x)
         assert theirs.abs().max() > 1e-4  # not a trivially zero comparison
-        assert (ours - theirs).abs().max() <= 1e-6 * max(1.0, float(theirs.abs().max()))
+        # relative to the output size (scale keeps fuser outputs small): a bias added once instead of twice is
+        # off by ~4e-3 of it, float rounding by ~1e-7
+        assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()
         ctx_in = torch.randn(2, 9, model.config.context_width)
         ours = fresh.context_decoder.layers[0].fuser(ctx_in)
         theirs = _reference_mvfuser(state, "context_decoder.decoder.0.cross_attn", ctx_in)
-        assert (ours - theirs).abs().max() <= 1e-6 * max(1.0, float(theirs.abs().max()))
+        assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max()
 
 
 def test_wrong_shape_names_file_key_and_both_shapes(release, tmp_path, capsys):
