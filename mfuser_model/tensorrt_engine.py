@@ -453,11 +453,18 @@ def ensure_engine(onnx_path: str | Path, *, precision: TrtPrecision = "fp16", en
     _logger.info("Building TensorRT %s engine %s (%s)", precision, engine_path, decision.reason)
     start = time.perf_counter()
     data = build_serialized_engine(onnx_path, precision=precision, profiles=profiles, calibration=calibration,
-                                   calibration_cache=engine_path.with_name(engine_path.name + ".calib"),
+                                   calibration_cache=_calibration_cache_path(engine_path, calibration),
                                    workspace_bytes=workspace_bytes, device=device)
     seconds = time.perf_counter() - start
     write_engine(engine_path, data, key, extra={"onnx": onnx_path.name, "build_seconds": round(seconds, 2)})
     return EngineStatus(engine_path, key, True, decision.reason, seconds)
+
+
+def _calibration_cache_path(engine_path: Path, calibration: CalibrationData | None) -> Path | None:
+    """`<engine>.<data sha>.calib`: TensorRT trusts a calibration cache it finds, so new data needs a new name."""
+    if calibration is None:
+        return None
+    return engine_path.with_name(f"{engine_path.name}.{calibration.sha256()[:16]}.calib")
 
 
 _TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT32": torch.int32,
