@@ -467,8 +467,13 @@ def _calibration_cache_path(engine_path: Path, calibration: CalibrationData | No
     return engine_path.with_name(f"{engine_path.name}.{calibration.sha256()[:16]}.calib")
 
 
-_TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT32": torch.int32,
-                 "INT64": torch.int64, "INT8": torch.int8, "BOOL": torch.bool, "UINT8": torch.uint8}
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int32": torch.int32,
+                 "int64": torch.int64, "int8": torch.int8, "bool": torch.bool, "uint8": torch.uint8}
+
+
+def _torch_dtypes(trt: Any) -> dict[Any, torch.dtype]:
+    """TensorRT DataType -> torch dtype, for the types this TensorRT defines (`trt.float32` is `DataType.FLOAT`)."""
+    return {getattr(trt, name): dtype for name, dtype in _TORCH_DTYPES.items() if hasattr(trt, name)}
 
 
 class TensorRTRunner:
@@ -502,7 +507,8 @@ class TensorRTRunner:
         is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.input_names = [n for n in names if is_input[n]]
         self.output_names = [n for n in names if not is_input[n]]
-        self.dtypes = {n: _TORCH_DTYPES[self.engine.get_tensor_dtype(n).name] for n in names}
+        to_torch = _torch_dtypes(trt)
+        self.dtypes = {n: to_torch[self.engine.get_tensor_dtype(n)] for n in names}
         self.profiles = {n: Profile(*(tuple(s) for s in self.engine.get_tensor_profile_shape(n, 0)))
                          for n in self.input_names}
 
