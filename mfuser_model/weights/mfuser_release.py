@@ -258,8 +258,11 @@ def convert_release_state_dict(state_dict: Mapping[str, torch.Tensor], config: M
     kind = _checked_variant(state_dict, config, source)
     shapes = expected_model_shapes(config)
     dropped = unused_release_keys(state_dict)
+    by_reason: dict[str, list[str]] = {}
     for key, why in sorted(dropped.items()):
-        _log.info("%s: dropping %s (%s)", source, key, why)
+        by_reason.setdefault(why, []).append(key)
+    for why, keys in by_reason.items():
+        _log.info("%s: dropping %d key(s) %s: %s", source, len(keys), _listing(keys, limit=3), why)
 
     groups: dict[str, StateDict] = {"dinov2": {}, "vision": {}, "text": {}}
     out: StateDict = {}
