@@ -16,6 +16,7 @@ TensorRT one engine build) per size.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -260,7 +261,9 @@ class PerShapeDecoder(DecoderBackend):
         shapes = [tuple(t.shape[1:] if self.dynamic_batch else t.shape) for t in tensors]
         batch = "dyn" if self.dynamic_batch else f"b{tensors[0].shape[0]}"
         s4 = shapes[0]
-        tag = f"c{s4[-3]}-{s4[-2]}x{s4[-1]}-k{shapes[4][-2]}x{shapes[4][-1]}-{batch}"
+        # readable part for people, digest of every shape for uniqueness
+        digest = hashlib.sha256(repr(shapes).encode()).hexdigest()[:8]
+        tag = f"c{s4[-3]}-{s4[-2]}x{s4[-1]}-k{shapes[4][-2]}x{shapes[4][-1]}-{batch}-{digest}"
         return self.cache_dir / f"decoder-{self.fingerprint}-{tag}.onnx"
 
     def backend_for(self, tensors: Sequence[Tensor]) -> DecoderBackend:
