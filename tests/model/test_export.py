@@ -148,6 +148,13 @@ def test_fixed_size_export_rejects_another_spatial_size_naming_the_input(dynamic
         OnnxRuntimeDecoder(dynamic_export.path)(inputs.features, inputs.text)
 
 
+def test_whole_images_are_exported_at_the_size_the_segmenter_pads_them_to():
+    from mfuser_model.export import whole_image_size
+
+    assert whole_image_size(150, 190, 14) == (168, 196)
+    assert whole_image_size(512, 1024, 16) == (512, 1024)
+
+
 def test_export_refuses_opsets_without_grid_sample(tiny_head, tmp_path):
     shapes = decoder_input_shapes(in_channels=96, text_dim=32, num_classes=19, grid=GRID)
     with pytest.raises(ConfigError, match="opset >= 16"):
