@@ -162,8 +162,9 @@ class SegmentationPipeline:
         """Process frames (camera index, message) as one batch; results in the same order.
 
         Malformed messages become :class:`FrameFailure` entries (kind ``"malformed"``) and the rest still run.
-        A model failure (``RuntimeError``, e.g. CUDA out of memory) fails that model call's frames (kind
-        ``"model"``) instead of stopping the node: a robot is better served by the next frame than by a crash.
+        A model failure (``RuntimeError`` such as CUDA out of memory, or ``ValueError`` from an input the network
+        cannot take, e.g. an image smaller than its token pyramid) fails that model call's frames (kind ``"model"``)
+        instead of stopping the node: a robot is better served by the next frame than by a crash.
         """
         results: list[CameraOutputs | FrameFailure | None] = [None] * len(frames)
         decoded: list[tuple[int, np.ndarray, FrameTiming]] = []
@@ -178,21 +179,37 @@ class SegmentationPipeline:
             decoded.append((i, rgb, FrameTiming(decode_ms=(time.perf_counter() - t0) * 1e3)))
         for start in range(0, len(decoded), self.max_batch):
             chunk = decoded[start:start + self.max_batch]
-            images = [rgb for _, rgb, _ in chunk]
-            sizes = [self.output_size or rgb.shape[:2] for rgb in images]
-            t0 = time.perf_counter()
             try:
-                segmented = self.segmenter.segment_batch(images, output_sizes=sizes)
-            except RuntimeError as err:
-                for i, _, _ in chunk:
-                    results[i] = FrameFailure(frames[i][0], frames[i][1].header, "model", f"model failed: {err}")
-                continue
-            model_ms = (time.perf_counter() - t0) * 1e3
-            for (i, rgb, timing), result in zip(chunk, segmented, strict=True):
-                camera, msg = frames[i]
-                timing.model_ms = model_ms
-                results[i] = self.encode(camera, msg.header, rgb, result, wanted(camera), timing)
+                done = [(chunk, *self._segment(chunk))]
+            except (RuntimeError, ValueError) as err:
+                # One frame can sink the whole batch (an odd size, memory): retry one by one so only it fails.
+                done = []
+                for item in chunk if len(chunk) > 1 else []:
+                    try:
+                        done.append(([item], *self._segment([item])))
+                    except (RuntimeError, ValueError) as one_err:
+                        results[item[0]] = self._model_failure(frames, item[0], one_err)
+                if len(chunk) == 1:
+                    results[chunk[0][0]] = self._model_failure(frames, chunk[0][0], err)
+            for part, segmented, model_ms in done:
+                for (i, rgb, timing), result in zip(part, segmented, strict=True):
+                    camera, msg = frames[i]
+                    timing.model_ms = model_ms
+                    results[i] = self.encode(camera, msg.header, rgb, result, wanted(camera), timing)
         return results  # type: ignore[return-value]
+
+    def _segment(self, chunk: list[tuple[int, np.ndarray, FrameTiming]]) -> tuple[list[Any], float]:
+        """One model call for the RGB images of ``chunk``; returns the results and its milliseconds."""
+        images = [rgb for _, rgb, _ in chunk]
+        sizes = [self.output_size or rgb.shape[:2] for rgb in images]
+        t0 = time.perf_counter()
+        segmented = self.segmenter.segment_batch(images, output_sizes=sizes)
+        return segmented, (time.perf_counter() - t0) * 1e3
+
+    @staticmethod
+    def _model_failure(frames: Sequence[tuple[int, Any]], i: int, err: Exception) -> FrameFailure:
+        camera, msg = frames[i]
+        return FrameFailure(camera, msg.header, "model", f"model failed: {err}")
 
     def process(self, msg: Any, wanted: Wanted = Wanted(), camera: int = 0) -> CameraOutputs:
         """One frame, synchronously. Raises FrameError (malformed) or RuntimeError (model)."""

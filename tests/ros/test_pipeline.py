@@ -221,3 +221,11 @@ def test_a_sink_that_cannot_publish_stops_the_worker_and_diagnostics_say_so(tiny
     assert status.level == ERROR
     assert status.message == "worker stopped: OSError: DDS write failed"
     assert len(hook_calls) == 1
+
+
+def test_an_image_too_small_for_the_network_fails_alone(pipeline, msgs, scene):
+    tiny = msgs.image(scene(8, 8), "rgb8")
+    good = msgs.image(scene(48, 64), "rgb8")
+    small, ok = pipeline.run([(0, tiny), (1, good)])
+    assert isinstance(small, FrameFailure) and small.kind == "model"
+    assert ok.labels.data.shape == (48, 64)
