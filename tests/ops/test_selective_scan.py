@@ -58,10 +58,10 @@ def run(fn, inputs: dict[str, torch.Tensor], seed: int = 1, **kwargs) -> dict[st
 def assert_close(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], rtol: float) -> None:
     """Each tensor's max abs error, relative to the reference tensor's max abs value, is within rtol."""
     assert got.keys() == ref.keys()
-    for name in ref:
-        assert got[name].shape == ref[name].shape, name
-        scale = ref[name].abs().max().item()
-        err = (got[name].double() - ref[name].double()).abs().max().item()
+    for name, expected in ref.items():
+        assert got[name].shape == expected.shape, name
+        scale = expected.abs().max().item()
+        err = (got[name].double() - expected.double()).abs().max().item()
         assert err <= rtol * scale, f"{name}: max error {err:.3e} vs max |ref| {scale:.3e} (rtol {rtol:g})"
 
 
