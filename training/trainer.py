@@ -244,8 +244,9 @@ class _Loggers:
     def log(self, row: dict[str, Any], prefix: str = "train") -> None:
         if not self.active:
             return
+        clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
         with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(clean) + "\n")  # NaN (e.g. the mIoU of an empty set) -> null, valid JSON
         if self.writer is not None:
             for key, value in row.items():
                 if key != "iteration" and isinstance(value, (int, float)) and math.isfinite(value):

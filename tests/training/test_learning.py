@@ -24,6 +24,7 @@ def _target(name: str, kind: str, root: Path, style: str, seed: int) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~2-4 min on 2 idle cores; generous for loaded CI machines
 def test_tiny_mfuser_learns_synthetic_street_scenes(tmp_path: Path):
     data = tmp_path / "data"
     cfg = dataclass_from_dict(TrainConfig, {
