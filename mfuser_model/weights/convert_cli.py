@@ -111,8 +111,10 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--release", type=Path, help="released MFuser checkpoint (.pth, mmseg format)")
     src.add_argument("--train-checkpoint", type=Path, help="training checkpoint of mfuser-train (trainable weights)")
     p.add_argument("--preset", required=True, help="model preset name or YAML path (e.g. mfuser-eva02-large)")
-    p.add_argument("--vfm", type=Path, help="DINOv2 weights (Meta .pth, timm or Hugging Face files)")
-    p.add_argument("--vlm", type=Path, help="CLIP / EVA02-CLIP / SigLIP weights (SigLIP releases: logit scale/bias)")
+    p.add_argument("--vfm", type=Path, help="DINOv2 weights (Meta .pth, timm or Hugging Face files; releases: only "
+                   "if the release lacks them)")
+    p.add_argument("--vlm", type=Path, help="CLIP / EVA02-CLIP / SigLIP weights (releases: SigLIP's logit scale/bias, "
+                   "or the VLM if the release lacks it)")
     p.add_argument("--tokenizer", type=Path, help="SigLIP only: folder with spiece.model or tokenizer.json")
     p.add_argument("-o", "--output", type=Path, required=True, help="whole-model .safetensors file to write")
     return p
@@ -125,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_model_config(args.preset)
         if args.release is not None:
-            model = model_from_release(args.release, config, tokenizer_dir=args.tokenizer, vlm_file=args.vlm)
+            model = model_from_release(args.release, config, tokenizer_dir=args.tokenizer, vlm_file=args.vlm,
+                                       vfm_file=args.vfm)
             source = {"source": "mfuser-release", "source_file": args.release.name}
         elif args.train_checkpoint is not None:
             model = model_from_training_checkpoint(args.train_checkpoint, config, args.vfm, args.vlm)

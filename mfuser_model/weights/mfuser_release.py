@@ -18,7 +18,9 @@ The six released files ({CLIP, EVA02, SigLIP} x {GTAV, Cityscapes}) are mmseg ch
   ``FFN`` names), and EVA's unused ``random_text``.
 
 Encoder parts are renamed into the public checkpoint layouts and handed to the backbone converters
-(:mod:`mfuser_model.weights.backbones`); everything trained by MFuser is mapped here. Three places where this
+(:mod:`mfuser_model.weights.backbones`); everything trained by MFuser is mapped here. A release saved without its
+frozen encoders (if the authors stripped them) converts too: :func:`model_from_release` then loads DINOv2 and the VLM
+from their pretrained files. Three places where this
 project computes the same function with differently stored numbers are folded in on conversion:
 
 1. MVFuser delta bias: the reference applies ``dt_proj`` *with* its bias and passes the bias again as the scan's
@@ -45,7 +47,7 @@ from mfuser_model.config import ModelConfig
 from mfuser_model.encoders import VLMKind
 from mfuser_model.errors import CheckpointError, ConfigError
 from mfuser_model.mfuser import MFuser, build_mfuser
-from mfuser_model.weights.backbones import convert_dinov2, convert_vlm
+from mfuser_model.weights.backbones import convert_dinov2, convert_vlm, load_dinov2, load_vlm
 from mfuser_model.weights.io import read_state_dict
 from mfuser_model.weights.tokenizer import build_tokenizer
 
@@ -55,9 +57,11 @@ __all__ = [
     "convert_release_state_dict",
     "detect_release_variant",
     "expected_model_shapes",
+    "fold_clip_class_embedding",
     "model_from_release",
     "read_release",
     "release_config",
+    "release_parts",
     "unused_release_keys",
 ]
 
@@ -146,22 +150,40 @@ _PIXEL_SAME_PREFIXES = ("input_convs.", "lateral_convs.", "output_convs.", "mask
                         "text_proj.", "text_pos_embed.")
 
 
-def detect_release_variant(state: Mapping[str, torch.Tensor]) -> VLMKind:
+def detect_release_variant(state: Mapping[str, torch.Tensor], default: VLMKind | None = None) -> VLMKind:
     """Name the VLM of a released MFuser state dict (``clip``, ``eva02`` or ``siglip``).
 
+    The VLM's own weights name it. A file without them (frozen encoders stripped) is taken to be ``default`` if
+    its trained parts agree: EVA02 segmentors have ``random_text`` and no ``adapter_proj``, the others the reverse.
+
     Raises:
-        CheckpointError: the dict is not a reference MFuser segmentor state dict.
+        CheckpointError: the dict is not a reference MFuser segmentor state dict, or its VLM cannot be named.
     """
+    _check_is_release(state)
+    for marker, kind in _VARIANT_MARKERS:
+        if marker in state:
+            return kind
+    eva_like = "random_text" in state and "backbone.adapter_proj3.weight" not in state
+    if default is not None and eva_like == (default == "eva02"):
+        return default
+    msg = ("released MFuser checkpoint without VLM weights (no CLIP, EVA02 or SigLIP marker key)"
+           + ("" if default is None else f" whose trained parts do not fit an MFuser-{default} model"))
+    raise CheckpointError(msg)
+
+
+def _check_is_release(state: Mapping[str, torch.Tensor]) -> None:
     missing = [k for k in _MFUSER_MARKERS if k not in state]
     if missing:
         msg = (f"not a released MFuser checkpoint: lacks {missing} (first keys: {sorted(state)[:5]}); expected the "
                "reference segmentor's state dict (backbone.*, text_encoder.*, contexts, decode_head.*)")
         raise CheckpointError(msg)
-    for marker, kind in _VARIANT_MARKERS:
-        if marker in state:
-            return kind
-    msg = "released MFuser checkpoint with an unknown backbone (no CLIP, EVA02 or SigLIP marker key)"
-    raise CheckpointError(msg)
+
+
+def release_parts(state: Mapping[str, torch.Tensor]) -> dict[str, bool]:
+    """Which frozen encoders a release holds: ``{"vfm": ..., "vlm_vision": ..., "vlm_text": ...}``."""
+    return {"vfm": any(k.startswith("backbone.dinov2.") for k in state),
+            "vlm_vision": any(marker in state for marker, _ in _VARIANT_MARKERS),
+            "vlm_text": any(k.startswith("text_encoder.") for k in state)}
 
 
 def read_release(path: str | Path) -> StateDict:
@@ -172,16 +194,16 @@ def read_release(path: str | Path) -> StateDict:
     """
     state = read_state_dict(path)
     try:
-        detect_release_variant(state)
+        _check_is_release(state)
     except CheckpointError as err:
         msg = f"{path}: {err}"
         raise CheckpointError(msg) from None
     return state
 
 
-def unused_release_keys(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
+def unused_release_keys(state: Mapping[str, torch.Tensor], kind: VLMKind | None = None) -> dict[str, str]:
     """Keys of a release that carry nothing this project's model uses, each with the reason it is dropped."""
-    kind = detect_release_variant(state)
+    kind = detect_release_variant(state, kind)
     out: dict[str, str] = {}
     for key in state:
         if kind == "siglip" and key.startswith(("backbone.adapter_proj1.", "backbone.adapter_proj2.",
@@ -206,17 +228,15 @@ def release_config(state: Mapping[str, torch.Tensor], config: ModelConfig) -> Mo
     Raises:
         CheckpointError: the release is of another VLM than ``config``, or its prompt lengths disagree.
     """
-    kind = detect_release_variant(state)
+    kind = detect_release_variant(state, config.vlm)
     if kind != config.vlm:
         msg = f"the release holds an MFuser-{kind} model, but preset {config.name!r} is MFuser-{config.vlm}"
         raise CheckpointError(msg)
     pos_key = ("text_encoder.embeddings.position_embedding.weight" if kind == "siglip"
                else "text_encoder.positional_embedding")
-    if pos_key not in state:
-        msg = f"the release lacks the text position table {pos_key!r}"
-        raise CheckpointError(msg)
-    rows = int(state[pos_key].shape[0])
     prompt = int(state["contexts"].shape[1])
+    # Without the text tower in the file, the prompt length is the reference's: P contexts + T name tokens.
+    rows = int(state[pos_key].shape[0]) if pos_key in state else prompt + config.name_length
     if prompt != config.num_context:
         msg = (f"key 'contexts': the release learned {prompt} context vectors, preset {config.name!r} expects "
                f"num_context={config.num_context}")
@@ -236,7 +256,7 @@ def expected_model_shapes(config: ModelConfig) -> dict[str, torch.Size]:
 
 
 def convert_release_state_dict(state_dict: Mapping[str, torch.Tensor], config: ModelConfig, *,
-                               source: str | Path = "release") -> StateDict:
+                               source: str | Path = "release", provided: frozenset[str] = frozenset()) -> StateDict:
     """Map every key of a released MFuser state dict to this project's MFuser names.
 
     Pure: reads ``state_dict`` only. Reference-only entries (:func:`unused_release_keys`) are dropped and logged;
@@ -247,6 +267,8 @@ def convert_release_state_dict(state_dict: Mapping[str, torch.Tensor], config: M
         state_dict: the released ``state_dict`` (keys ``backbone.*``, ``text_encoder.*``, ...).
         config: the model config; use :func:`release_config` to take the release's text length.
         source: file name for messages.
+        provided: model keys the caller fills from elsewhere (encoders from their pretrained files when the
+            release was saved without them); they may be absent from the release.
 
     Returns:
         The state dict for ``MFuser(config, ...)`` without the :data:`NOT_IN_RELEASE` keys.
@@ -257,7 +279,7 @@ def convert_release_state_dict(state_dict: Mapping[str, torch.Tensor], config: M
     """
     kind = _checked_variant(state_dict, config, source)
     shapes = expected_model_shapes(config)
-    dropped = unused_release_keys(state_dict)
+    dropped = unused_release_keys(state_dict, kind)
     by_reason: dict[str, list[str]] = {}
     for key, why in sorted(dropped.items()):
         by_reason.setdefault(why, []).append(key)
@@ -292,13 +314,13 @@ def convert_release_state_dict(state_dict: Mapping[str, torch.Tensor], config: M
     for key, value in _convert_encoders(groups, kind, shapes, source).items():
         out[key] = value
         origin[key] = "the release's encoder weights"
-    _check(out, shapes, origin, source)
+    _check(out, shapes, origin, source, provided)
     return out
 
 
 def _checked_variant(state: Mapping[str, torch.Tensor], config: ModelConfig, source: str | Path) -> VLMKind:
     try:
-        kind = detect_release_variant(state)
+        kind = detect_release_variant(state, config.vlm)
     except CheckpointError as err:
         msg = f"{source}: {err}"
         raise CheckpointError(msg) from None
@@ -328,31 +350,60 @@ def class_token_ids(config: ModelConfig, tokenizer_dir: str | Path | None = None
 
 
 def model_from_release(path: str | Path, config: ModelConfig, *, tokenizer_dir: str | Path | None = None,
-                       vlm_file: str | Path | None = None) -> MFuser:
+                       vlm_file: str | Path | None = None, vfm_file: str | Path | None = None) -> MFuser:
     """Build an MFuser holding a released checkpoint's weights, ready for :func:`~mfuser_model.checkpoint.save_model`.
 
     Args:
         path: the released ``.pth``.
         config: the preset of the same VLM (its text length is taken from the release, see :func:`release_config`).
         tokenizer_dir: SigLIP only: folder with the tokenizer files (see :func:`class_token_ids`).
-        vlm_file: SigLIP only: the pretrained SigLIP file the reference read ``logit_scale`` / ``logit_bias`` from
-            (``siglip_vitl16_384.pth`` or HF ``model.safetensors``); the release does not hold them.
+        vlm_file: the pretrained VLM file (``ViT-L-14-336px.pt``, ``EVA02_CLIP_L_336_psz14_s6B.pt``,
+            ``siglip_vitl16_384.pth`` or their public twins). Needed for SigLIP, whose ``logit_scale`` /
+            ``logit_bias`` the reference reads from it, and for a release saved without its frozen VLM.
+        vfm_file: the DINOv2 file, needed only for a release saved without its frozen DINOv2.
 
     Raises:
         CheckpointError: unreadable or unsafe file, wrong variant, keys or shapes that do not fit.
-        ConfigError: SigLIP without ``vlm_file`` or without a tokenizer.
+        ConfigError: a needed ``vlm_file`` / ``vfm_file`` / SigLIP tokenizer is not given.
     """
     state = read_release(path)
     config = release_config(state, config)
-    converted = convert_release_state_dict(state, config, source=path)
-    extra = _calibration(config, vlm_file)
-    token_ids = class_token_ids(config, tokenizer_dir)
-    model = build_mfuser(config, token_ids=token_ids)
-    full = {**converted, "text_encoder.token_ids": token_ids, **extra}
-    for key in NOT_IN_RELEASE:  # CLIP / EVA02: the score map is cos / 0.07, the model's own defaults
-        full.setdefault(key, model.state_dict()[key])
+    parts = release_parts(state)
+    model = build_mfuser(config, token_ids=class_token_ids(config, tokenizer_dir))
+    provided = _load_absent_encoders(model, parts, path, vfm_file, vlm_file)
+    converted = convert_release_state_dict(state, config, source=path, provided=frozenset(provided))
+    current = model.state_dict()
+    full = {**{k: current[k] for k in provided}, **converted, **_calibration(config, vlm_file)}
+    for key in NOT_IN_RELEASE:  # token ids as built; CLIP / EVA02 score maps are cos / 0.07 (the model default)
+        full.setdefault(key, current[key])
     load_state_dict_strict(model, full, path)
     return model
+
+
+def _load_absent_encoders(model: MFuser, parts: Mapping[str, bool], path: str | Path,
+                          vfm_file: str | Path | None, vlm_file: str | Path | None) -> set[str]:
+    """Load the encoders a release lacks from their pretrained files; returns the model keys filled."""
+    filled: set[str] = set()
+    if not parts["vfm"]:
+        if vfm_file is None:
+            msg = f"{path} holds no DINOv2 weights (backbone.dinov2.*): pass the DINOv2 file as --vfm"
+            raise ConfigError(msg)
+        _log.info("%s: no DINOv2 weights in the release; loading them from %s", path, vfm_file)
+        load_dinov2(model.backbone.vfm, vfm_file)
+        filled |= {f"backbone.vfm.{k}" for k in model.backbone.vfm.state_dict()}
+    if not parts["vlm_vision"]:
+        if vlm_file is None:
+            msg = f"{path} holds no {model.config.vlm} vision weights: pass the pretrained VLM file as --vlm"
+            raise ConfigError(msg)
+        _log.info("%s: no VLM weights in the release; loading them from %s", path, vlm_file)
+        load_vlm(model.config.vlm, model.backbone.vlm, model.text_encoder.tower, vlm_file)
+        vision = model.backbone.vlm.state_dict()
+        if model.config.vlm == "clip":
+            model.backbone.vlm.load_state_dict(fold_clip_class_embedding(vision))
+        filled |= {f"backbone.vlm.{k}" for k in vision}
+        if not parts["vlm_text"]:
+            filled |= {f"text_encoder.tower.{k}" for k in model.text_encoder.tower.state_dict()}
+    return filled
 
 
 def _calibration(config: ModelConfig, vlm_file: str | Path | None) -> StateDict:
@@ -483,24 +534,37 @@ def _convert_encoders(groups: Mapping[str, StateDict], kind: VLMKind, shapes: Ma
     vlm_shapes = _sub_shapes(shapes, "backbone.vlm.")
     text_shapes = _sub_shapes(shapes, "text_encoder.tower.")
     out: StateDict = {}
+    if groups["text"] and not groups["vision"]:
+        msg = f"{source}: holds the text tower but not the vision tower of the VLM; a partial VLM is not supported"
+        raise CheckpointError(msg)
     try:
         # The reference's DINOv2 is Meta's module with Meta's names (minus the mask token, dropped above).
-        for key, value in convert_dinov2(groups["dinov2"], vfm_shapes).items():
-            out[f"backbone.vfm.{key}"] = value
+        if groups["dinov2"]:
+            for key, value in convert_dinov2(groups["dinov2"], vfm_shapes).items():
+                out[f"backbone.vfm.{key}"] = value
+        if not groups["vision"]:  # a release saved without its frozen VLM: the caller provides it
+            return out
         public = _PUBLIC_LAYOUT[kind](groups["vision"], groups["text"])
         weights = convert_vlm(public, vlm_shapes, text_shapes, family=kind)
     except CheckpointError as err:
         msg = f"{source}: encoder weights: {err}"
         raise CheckpointError(msg) from None
-    vision = dict(weights.vision)
-    if kind == "clip" and "pos_embed" in vision and "cls_token" in vision:
-        # Fold the reference's second class-embedding add into the CLS position row (module doc, item 2).
-        pos = vision["pos_embed"].clone()
-        pos[:, 0] = pos[:, 0] + vision["cls_token"].reshape(-1)
-        vision["pos_embed"] = pos
+    vision = fold_clip_class_embedding(dict(weights.vision)) if kind == "clip" else dict(weights.vision)
     out.update({f"backbone.vlm.{k}": v for k, v in vision.items()})
     out.update({f"text_encoder.tower.{k}": v for k, v in weights.text.items()})
     return out
+
+
+def fold_clip_class_embedding(vision: StateDict) -> StateDict:
+    """CLIP vision weights for timm that add ``class_embedding`` twice to the CLS token, as the reference does.
+
+    The reference computes ``cls + pos[0] + cls`` (``clip/models.py``: ``cls_pos = pos[0,:] + class_embedding``
+    added to tokens that already start with it); timm computes ``cls_token + pos_embed[0]``, so the second add goes
+    into ``pos_embed[0]``.
+    """
+    pos = vision["pos_embed"].clone()
+    pos[:, 0] = pos[:, 0] + vision["cls_token"].reshape(-1)
+    return {**vision, "pos_embed": pos}
 
 
 def _clip_public(vision: StateDict, text: StateDict) -> StateDict:
@@ -531,9 +595,9 @@ _PUBLIC_LAYOUT: dict[str, Callable[[StateDict, StateDict], StateDict]] = {
 
 
 def _check(out: Mapping[str, torch.Tensor], shapes: Mapping[str, torch.Size], origin: Mapping[str, str],
-           source: str | Path) -> None:
+           source: str | Path, provided: frozenset[str]) -> None:
     expected = {k for k in shapes if k not in NOT_IN_RELEASE}
-    missing = sorted(expected - set(out))
+    missing = sorted(expected - set(out) - provided)
     unexpected = sorted(set(out) - expected)
     problems = []
     if missing:

@@ -745,3 +745,33 @@ def test_full_size_presets_take_the_released_layout(kind):
     assert release_config(state, config) == config_at_release
     converted = convert_release_state_dict(state, config_at_release, source=f"{kind}-full.pth")
     assert set(converted) | set(NOT_IN_RELEASE) == set(model.state_dict())
+
+
+def _is_encoder_key(key: str) -> bool:
+    trained = ("backbone.adapter", "backbone.fpn")
+    return key.startswith(("backbone.", "text_encoder.")) and not key.startswith(trained)
+
+
+@pytest.mark.parametrize("release", ["clip", "eva02"], indirect=True)
+def test_release_without_frozen_encoders_takes_them_from_the_pretrained_files(release, tmp_path, capsys):
+    kind, model, state, _, _ = release
+    path = _save_release({k: v for k, v in state.items() if not _is_encoder_key(k)}, tmp_path / "trained.pth")
+    # the same encoders as public pretrained files: Meta DINOv2, OpenAI CLIP (text at the top level) / BAAI EVA-CLIP
+    vfm = tmp_path / "dinov2_vitl14_pretrain.pth"
+    torch.save({k.removeprefix("backbone.dinov2."): v for k, v in state.items() if k.startswith("backbone.dinov2.")},
+               vfm)
+    vlm = tmp_path / "vlm.pt"
+    text_prefix = "" if kind == "clip" else "text."
+    vision = {f"visual.{k.removeprefix('backbone.')}": v for k, v in state.items()
+              if _is_encoder_key(k) and k.startswith("backbone.") and not k.startswith("backbone.dinov2.")}
+    text = {text_prefix + k.removeprefix("text_encoder."): v for k, v in state.items() if k.startswith("text_encoder.")}
+    torch.save({**vision, **text}, vlm)
+    out = tmp_path / "converted.safetensors"
+    base = ["--release", str(path), "--preset", PRESETS[kind], "-o", str(out)]
+    assert main(base) == 2
+    assert "--vfm" in capsys.readouterr().err
+    assert main([*base, "--vfm", str(vfm), "--vlm", str(vlm)]) == 0
+    loaded = load_model(out).eval()
+    size = 56 if kind == "eva02" else 64
+    with torch.no_grad():
+        assert (loaded.predict(_images(size)) - model.predict(_images(size))).abs().max() <= 1e-6
