@@ -239,3 +239,44 @@ def test_cli_trains_then_eval_cli_scores_the_model(tmp_path: Path, source_root: 
     assert train_main(["--config", str(cfg_path), "optim.lrr=1"]) == 2
     assert "lrr" in capsys.readouterr().err
     assert eval_main(["--config", str(cfg_path), "--model", str(model), "--targets", "nope"]) == 2
+
+
+# ---- evaluation helpers ----------------------------------------------------------------------------------------
+def test_eval_scales_follow_the_paper_protocol_per_dataset_kind():
+    from training.config import DatasetSpec
+    from training.evaluate import eval_scale
+
+    assert eval_scale(DatasetSpec(kind="cityscapes", root="x")) == (2048, 1024)
+    assert eval_scale(DatasetSpec(kind="mapillary", root="x")) == (2048, 1024)
+    assert eval_scale(DatasetSpec(kind="bdd100k", root="x")) == (1280, 720)
+    assert eval_scale(DatasetSpec(kind="gtav", root="x")) is None
+    assert eval_scale(DatasetSpec(kind="cityscapes", root="x", scale="native")) is None
+    assert eval_scale(DatasetSpec(kind="cityscapes", root="x", scale=(256, 128))) == (256, 128)
+
+
+def test_missing_synthetic_dataset_error_points_to_generate_if_missing(tmp_path: Path):
+    from training.config import DatasetSpec, SyntheticSpec
+    from training.errors import DatasetError
+    from training.evaluate import open_dataset
+
+    spec = DatasetSpec(kind="bdd100k", root=str(tmp_path / "bdd"), synthetic=SyntheticSpec(num_images=2, size=(64, 32)))
+    with pytest.raises(DatasetError, match="generate_if_missing"):
+        open_dataset(spec)
+    dataset = open_dataset(spec, generate=True)
+    assert len(dataset) == 2 and dataset.load(0)["label"].shape == (32, 64)
+    assert not list(tmp_path.glob(".bdd.tmp-*"))
+
+
+def test_sample_grid_puts_image_ground_truth_and_prediction_side_by_side():
+    import numpy as np
+
+    from mfuser_model.classes import CITYSCAPES_PALETTE
+    from training.evaluate import sample_grid
+
+    image = np.full((20, 30, 3), 7, np.uint8)
+    gt = np.zeros((20, 30), np.uint8)
+    pred = np.full((20, 30), 10, np.uint8)
+    grid = sample_grid([(image, gt, pred), (image, gt, pred)], CITYSCAPES_PALETTE)
+    assert grid.shape == (2 * 22, 90, 3)
+    assert tuple(grid[0, 0]) == (7, 7, 7)
+    assert tuple(grid[0, 30]) == CITYSCAPES_PALETTE[0] and tuple(grid[0, 60]) == CITYSCAPES_PALETTE[10]
