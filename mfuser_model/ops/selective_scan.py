@@ -489,8 +489,14 @@ def _verify_kernel(kernel: _ScanKernel) -> str | None:
     """Compare a kernel's forward and backward with `selective_scan_ref` on small problems; None if they agree.
 
     Covers both dtypes, d_state 16 (the specialised path) and an odd one (the generic path), z and no z, and grouped
-    B/C. Returns a description of the first mismatch.
+    B/C. Returns a description of the first mismatch. Runs with autograd on even when the first scan call (which
+    triggers it) happens under `torch.no_grad()` or `torch.inference_mode()`.
     """
+    with torch.inference_mode(False), torch.enable_grad():
+        return _compare_with_reference(kernel)
+
+
+def _compare_with_reference(kernel: _ScanKernel) -> str | None:
     gen = torch.Generator().manual_seed(0)
     cases = [  # (dtype, n, groups, with_z, rtol)
         (torch.float64, 16, 1, True, 1e-9),

@@ -196,6 +196,16 @@ def test_native_self_check_rejects_a_wrong_kernel(monkeypatch, caplog):
         ss.selective_scan(*make_inputs("initial", batch=1, dim=2, length=4, n=2).values(), backend="native")
 
 
+def test_first_use_under_inference_mode_still_verifies_the_native_kernel(monkeypatch):
+    require("native")
+    monkeypatch.setattr(ss, "_native_state", {})
+    inputs = make_inputs("initial", batch=1, dim=4, length=20)
+    with torch.inference_mode():
+        out = ss.selective_scan(**inputs, delta_softplus=True)
+    assert ss.resolve_backend(inputs["u"]) == "native"
+    torch.testing.assert_close(out, ss.selective_scan_ref(**inputs, delta_softplus=True), rtol=1e-9, atol=1e-12)
+
+
 def test_missing_compiler_falls_back_with_one_warning(monkeypatch, caplog):
     monkeypatch.setattr(native, "_compiler", lambda: None)
     monkeypatch.setattr(native, "_state", {})
