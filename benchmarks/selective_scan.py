@@ -6,10 +6,10 @@ delta_bias = softplus⁻¹(dt), dt log-uniform in [1e-3, 0.1]; u, B, C, z ~ N(0,
 
 For each backend: median ms per call (forward, and forward + backward where marked), speedup over the sequential
 reference ("ref", mamba-ssm's `selective_scan_ref` loop), the peak extra resident memory of the timed calls (peak RSS
-minus RSS before them), and the max abs error of the output against the reference. The first call (warm-up, which
-builds and verifies the native kernel) is not timed. Forward + backward rows are compared with the reference's
-*forward* time, a lower bound on their speedup (autograd through the 2594-step reference loop takes minutes);
-``--ref-backward`` times that too.
+minus RSS before them), and the max abs error of the output against the reference. The first call of the native
+and default backends (warm-up: it builds and verifies the kernel) is not timed; blocked and ref need no warm-up and
+get none. Forward + backward rows are compared with the reference's *forward* time, a lower bound on their speedup
+(autograd through the 2594-step reference loop takes minutes); ``--ref-backward`` times that too.
 
 Run: .venv/bin/python benchmarks/selective_scan.py  (about 1 minute on an idle 2-core machine)
 """
@@ -117,7 +117,7 @@ def main() -> None:
                 print(f"| native | {batch} | fwd | unavailable | | | |")
                 continue
             repeats = max(1, args.repeats // 2) if backend == "blocked" else args.repeats
-            ms, mb = measure(forward(inputs, backend), repeats)
+            ms, mb = measure(forward(inputs, backend), repeats, warmup=backend != "blocked")
             err = (forward(inputs, backend)() - ref_out).abs().max().item()
             label = f"{backend} (default)" if backend == default else backend
             print(f"| {label} | {batch} | fwd | {ms:.1f} | {ref_ms / ms:.1f}x | {mb:.0f} | {err:.1e} |")
@@ -128,7 +128,7 @@ def main() -> None:
             print(f"| ref (sequential) | {batch} | fwd+bwd | {base_ms:.1f} | 1.0x | {ref_fb_mb:.0f} | |")
         for backend in ("blocked", default) if default != "blocked" else ("blocked",):
             repeats = max(1, args.repeats // 2) if backend == "blocked" else args.repeats
-            ms, mb = measure(forward_backward(inputs, backend), repeats)
+            ms, mb = measure(forward_backward(inputs, backend), repeats, warmup=backend != "blocked")
             label = f"{backend} (default)" if backend == default else backend
             print(f"| {label} | {batch} | fwd+bwd | {ms:.1f} | {base_ms / ms:.1f}x ({base}) | {mb:.0f} | |")
 

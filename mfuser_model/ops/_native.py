@@ -3,8 +3,9 @@
 The kernel is plain C++ behind an ``extern "C"`` interface, compiled with the system C++ compiler at first use into
 a cache directory (torch's extension root, ``~/.cache/torch_extensions`` unless ``TORCH_EXTENSIONS_DIR`` says
 otherwise) and loaded with ctypes. It needs no torch headers, so it builds in about a second, does not depend on
-torch's C++ ABI, and ctypes releases the GIL while it runs. The library links OpenMP; the process reuses the
-``libgomp.so.1`` torch has already loaded, so the kernel shares torch's thread pool and thread count.
+torch's C++ ABI, and ctypes releases the GIL while it runs. It spreads rows over ``torch.get_num_threads()`` plain
+threads (no OpenMP: spinning barriers cost more than the kernel on a busy machine), and its gradients are
+bit-identical whatever the thread count.
 
 A failed build (no compiler, unsupported flags) logs one warning and leaves `load()` returning None; the caller
 then falls back to the pure-PyTorch blocked scan.
@@ -32,12 +33,13 @@ __all__ = ["NativeKernel", "build_dir", "load"]
 _logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "selective_scan.cpp"
-_ABI_VERSION = 3
+_ABI_VERSION = 5
+_SLOTS = 8  # fixed row ranges with their own dB / dC partials: the reduction order never depends on threads
 _WIDTH = {torch.float32: 16, torch.float64: 8}  # lanes per 64-byte vector; d_state is padded to it
 # Tried in order. -march=native is safe because the cache key includes the CPU's feature flags.
 _FLAG_SETS = (
-    ["-O3", "-std=gnu++17", "-fPIC", "-shared", "-fopenmp", "-march=native", "-ffp-contract=fast"],
-    ["-O3", "-std=gnu++17", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=fast"],
+    ["-O3", "-std=gnu++17", "-fPIC", "-shared", "-pthread", "-march=native", "-ffp-contract=fast"],
+    ["-O3", "-std=gnu++17", "-fPIC", "-shared", "-pthread", "-ffp-contract=fast"],
 )
 
 _lock = threading.Lock()
@@ -106,7 +108,7 @@ def _bind(lib: ctypes.CDLL) -> None:
         fwd.argtypes = [ptr, ptr, ptr, i32] + [ptr] * 7 + [i64] * 5 + [i32]
         fwd.restype = i32
         bwd = getattr(lib, f"ss_backward_{suffix}")
-        bwd.argtypes = [ptr, ptr, ptr, i32] + [ptr] * 14 + [i64] * 5 + [i32]
+        bwd.argtypes = [ptr, ptr, ptr, i32] + [ptr] * 14 + [i64] * 6 + [i32]
         bwd.restype = i32
     lib.ss_abi_version.restype = i32
 
@@ -139,17 +141,21 @@ def _p(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _pad_state(t: Tensor, n_pad: int) -> Tensor:
-    """Zero-pad the last (state) dimension to n_pad; padded lanes keep h = 0 (A = 0, B = 0) and add nothing."""
-    n = t.shape[-1]
-    return t if n == n_pad else torch.nn.functional.pad(t, (0, n_pad - n)).contiguous()
+def _pad_state(t: Tensor, n_pad: int, dim: int) -> Tensor:
+    """Zero-pad the state dimension `dim` to n_pad; padded lanes keep h = 0 (A = 0, B = 0) and add nothing."""
+    n = t.shape[dim]
+    if n == n_pad:
+        return t
+    pad = [0, 0] * (t.dim() - 1 - dim) + [0, n_pad - n]
+    return torch.nn.functional.pad(t, pad).contiguous()
 
 
 class NativeKernel:
     """Forward and backward of the scan on prepared CPU tensors (the `_ScanKernel` protocol of selective_scan.py).
 
-    Inputs are contiguous float32 or float64 CPU tensors: u, delta, z (b, d, L); A (d, n); Bt, Ct (b, g, L, n);
-    D, delta_bias (d,).
+    Inputs are contiguous float32 or float64 CPU tensors: u, delta, z (b, d, L); A (d, n); Bg, Cg (b, g, n, L);
+    D, delta_bias (d,). Apart from allocating outputs, no torch ops run around the kernel call: on a busy machine
+    each parallel torch op costs a thread-pool wake-up, which took longer than the scan itself.
     """
 
     name = "native"
@@ -162,65 +168,65 @@ class NativeKernel:
         return getattr(self._lib, f"ss_{kind}_{suffix}")
 
     @staticmethod
-    def _threads(rows: int) -> int:
-        return max(1, min(torch.get_num_threads(), rows))
+    def _threads(tasks: int) -> int:
+        return max(1, min(torch.get_num_threads(), tasks))
 
     @staticmethod
     def _check(rc: int, n: int, g: int, d: int) -> None:
+        if rc == 2:
+            msg = "native selective scan: out of memory for its workspace"
+            raise MemoryError(msg)
         if rc != 0:
             msg = f"native selective scan rejected d_state={n}, groups={g}, d_inner={d} (needs 1 <= n <= 256)"
             raise RuntimeError(msg)
 
     def forward(
-        self, u: Tensor, delta: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Tensor | None, z: Tensor | None,
+        self, u: Tensor, delta: Tensor, A: Tensor, Bg: Tensor, Cg: Tensor, D: Tensor | None, z: Tensor | None,
         delta_bias: Tensor | None, delta_softplus: bool, want_last: bool,
     ) -> tuple[Tensor, Tensor | None]:
         """Returns y (b, d, L), gated by silu(z) when z is given, and the last state (b, d, n) if asked."""
         b, d, L = u.shape
-        g, n = Bt.shape[1], Bt.shape[-1]
+        g, n = Bg.shape[1], Bg.shape[2]
         n_pad = -(-n // _WIDTH[u.dtype]) * _WIDTH[u.dtype]
-        A, Bt, Ct = (_pad_state(t, n_pad) for t in (A, Bt, Ct))
+        A, Bg, Cg = _pad_state(A, n_pad, 1), _pad_state(Bg, n_pad, 2), _pad_state(Cg, n_pad, 2)
         out = torch.empty_like(u)
         last = u.new_empty(b, d, n_pad) if want_last else None
         rc = self._fn("forward", u.dtype)(
-            _p(u), _p(delta), _p(delta_bias), int(delta_softplus), _p(A), _p(Bt), _p(Ct), _p(D), _p(z), _p(out),
+            _p(u), _p(delta), _p(delta_bias), int(delta_softplus), _p(A), _p(Bg), _p(Cg), _p(D), _p(z), _p(out),
             _p(last), b, d, L, n_pad, g, self._threads(b * d),
         )
         self._check(rc, n, g, d)
         return out, None if last is None else last[..., :n]
 
     def backward(
-        self, u: Tensor, delta: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Tensor | None, z: Tensor | None,
+        self, u: Tensor, delta: Tensor, A: Tensor, Bg: Tensor, Cg: Tensor, D: Tensor | None, z: Tensor | None,
         delta_bias: Tensor | None, delta_softplus: bool, dout: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
-        """Returns du, ddelta, dA, dBt, dCt, dD, dz, ddelta_bias (None where the input is None)."""
+        """Returns du, ddelta, dA, dB, dC, dD, dz, ddelta_bias (None where the input is None); dB, dC (b, g, n, L)."""
         b, d, L = u.shape
-        g, n = Bt.shape[1], Bt.shape[-1]
+        g, n = Bg.shape[1], Bg.shape[2]
         n_pad = -(-n // _WIDTH[u.dtype]) * _WIDTH[u.dtype]
-        A, Bt, Ct = (_pad_state(t, n_pad) for t in (A, Bt, Ct))
-        threads = self._threads(b * d)
-        du = torch.empty_like(u)
-        ddelta = torch.empty_like(u)
+        A, Bg, Cg = _pad_state(A, n_pad, 1), _pad_state(Bg, n_pad, 2), _pad_state(Cg, n_pad, 2)
+        slots = min(_SLOTS, b * d)
+        du, ddelta = torch.empty_like(u), torch.empty_like(u)
         dz = torch.empty_like(u) if z is not None else None
-        dA_part = u.new_empty(b, d, n_pad)
-        dD_part = u.new_empty(b, d)
-        dbias_part = u.new_empty(b, d)
-        dB_part = u.new_zeros(threads, b, g, L, n_pad)
-        dC_part = u.new_zeros(threads, b, g, L, n_pad)
+        dA = torch.empty_like(A)
+        dD, dbias = u.new_empty(d), u.new_empty(d)
+        dB, dC = torch.empty_like(Bg), torch.empty_like(Cg)
         dout = dout.contiguous()  # bound to a name: the buffer must outlive the call
         rc = self._fn("backward", u.dtype)(
-            _p(u), _p(delta), _p(delta_bias), int(delta_softplus), _p(A), _p(Bt), _p(Ct), _p(D), _p(z), _p(dout),
-            _p(du), _p(ddelta), _p(dz), _p(dA_part), _p(dD_part), _p(dbias_part), _p(dB_part), _p(dC_part),
-            b, d, L, n_pad, g, threads,
+            _p(u), _p(delta), _p(delta_bias), int(delta_softplus), _p(A), _p(Bg), _p(Cg), _p(D), _p(z), _p(dout),
+            _p(du), _p(ddelta), _p(dz), _p(dA), _p(dD), _p(dbias), _p(dB), _p(dC), b, d, L, n_pad, g, slots,
+            self._threads(slots),
         )
         self._check(rc, n, g, d)
         return (
             du,
             ddelta,
-            dA_part.sum(0)[:, :n],
-            dB_part.sum(0)[..., :n],
-            dC_part.sum(0)[..., :n],
-            dD_part.sum(0) if D is not None else None,
+            dA[:, :n],
+            dB[:, :, :n],
+            dC[:, :, :n],
+            dD if D is not None else None,
             dz,
-            dbias_part.sum(0) if delta_bias is not None else None,
+            dbias if delta_bias is not None else None,
         )

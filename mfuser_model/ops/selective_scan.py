@@ -174,15 +174,14 @@ def _compute_dtype(*tensors: Tensor | None) -> torch.dtype:
 
 
 def _group_layout(t: Tensor, dtype: torch.dtype) -> Tensor:
-    """(b, n, L) or (b, g, n, L) -> contiguous (b, g, L, n): each step's n values are adjacent."""
+    """(b, n, L) or (b, g, n, L) -> contiguous (b, g, n, L) (a view when it already is)."""
     if t.dim() == 3:
         t = t.unsqueeze(1)
-    return t.to(dtype).transpose(-1, -2).contiguous()
+    return t.to(dtype).contiguous()
 
 
 def _from_group_layout(grad: Tensor, like: Tensor) -> Tensor:
-    """(b, g, L, n) gradient -> the layout and dtype of the original B or C."""
-    grad = grad.transpose(-1, -2)
+    """(b, g, n, L) gradient -> the shape and dtype of the original B or C."""
     if like.dim() == 3:
         grad = grad.squeeze(1)
     return grad.to(like.dtype)
@@ -192,8 +191,8 @@ class _Prepared(NamedTuple):
     u: Tensor  # (b, d, L)
     delta: Tensor  # (b, d, L), before bias and softplus
     A: Tensor  # (d, n)
-    Bt: Tensor  # (b, g, L, n)
-    Ct: Tensor  # (b, g, L, n)
+    Bg: Tensor  # (b, g, n, L)
+    Cg: Tensor  # (b, g, n, L)
     D: Tensor | None  # (d,)
     z: Tensor | None  # (b, d, L)
     delta_bias: Tensor | None  # (d,)
@@ -203,14 +202,14 @@ def _prepare(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
     delta_bias: Tensor | None,
 ) -> _Prepared:
-    """Cast to the compute dtype, make contiguous, and put B and C step-major."""
+    """Cast to the compute dtype and make contiguous (no copies when already so); B, C as (b, g, n, L)."""
     ct = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
 
     def cast(t: Tensor | None) -> Tensor | None:
         return None if t is None else t.to(ct).contiguous()
 
     return _Prepared(
-        u=cast(u), delta=cast(delta), A=cast(A), Bt=_group_layout(B, ct), Ct=_group_layout(C, ct), D=cast(D),
+        u=cast(u), delta=cast(delta), A=cast(A), Bg=_group_layout(B, ct), Cg=_group_layout(C, ct), D=cast(D),
         z=cast(z), delta_bias=cast(delta_bias),
     )
 
@@ -221,12 +220,12 @@ class _ScanKernel(Protocol):
     name: str
 
     def forward(
-        self, u: Tensor, delta: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Tensor | None, z: Tensor | None,
+        self, u: Tensor, delta: Tensor, A: Tensor, Bg: Tensor, Cg: Tensor, D: Tensor | None, z: Tensor | None,
         delta_bias: Tensor | None, delta_softplus: bool, want_last: bool,
     ) -> tuple[Tensor, Tensor | None]: ...
 
     def backward(
-        self, u: Tensor, delta: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Tensor | None, z: Tensor | None,
+        self, u: Tensor, delta: Tensor, A: Tensor, Bg: Tensor, Cg: Tensor, D: Tensor | None, z: Tensor | None,
         delta_bias: Tensor | None, delta_softplus: bool, dout: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]: ...
 
@@ -264,7 +263,7 @@ class _ScanFn(torch.autograd.Function):
     def backward(ctx, dout: Tensor, *_unused: Tensor):  # noqa: ANN001
         u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
         p = _prepare(u, delta, A, B, C, D, z, delta_bias)
-        du, ddelta, dA, dBt, dCt, dD, dz, dbias = ctx.kernel.backward(
+        du, ddelta, dA, dB, dC, dD, dz, dbias = ctx.kernel.backward(
             *p[:7], p.delta_bias, ctx.delta_softplus, dout.to(p.u.dtype).contiguous()
         )
         return (
@@ -272,8 +271,8 @@ class _ScanFn(torch.autograd.Function):
             du.to(u.dtype),
             ddelta.to(delta.dtype),
             dA.to(A.dtype),
-            _from_group_layout(dBt, B),
-            _from_group_layout(dCt, C),
+            _from_group_layout(dB, B),
+            _from_group_layout(dC, C),
             None if D is None else dD.to(D.dtype),
             None if z is None else dz.to(z.dtype),
             None if delta_bias is None else dbias.to(delta_bias.dtype),
@@ -370,13 +369,14 @@ class BlockedKernel:
         _chunk_scan_(decay.view(shape), h.view(shape), prod.view(shape))
 
     def forward(
-        self, u: Tensor, delta: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Tensor | None, z: Tensor | None,
+        self, u: Tensor, delta: Tensor, A: Tensor, Bg: Tensor, Cg: Tensor, D: Tensor | None, z: Tensor | None,
         delta_bias: Tensor | None, delta_softplus: bool, want_last: bool,
     ) -> tuple[Tensor, Tensor | None]:
         """Returns y (b, d, L), gated by silu(z) when z is given, and the last state (b, d, n) if asked."""
         batch, dim, length = u.shape
         n = A.shape[1]
         t_len, n_chunks, blocks = self._geometry(u, n)
+        Bt, Ct = Bg.transpose(-1, -2).contiguous(), Cg.transpose(-1, -2).contiguous()  # (b, g, L, n)
         y = torch.empty_like(u)
         last = u.new_empty(batch, dim, n) if want_last else None
         with torch.no_grad():
@@ -399,18 +399,19 @@ class BlockedKernel:
         return y, last
 
     def backward(
-        self, u: Tensor, delta: Tensor, A: Tensor, Bt: Tensor, Ct: Tensor, D: Tensor | None, z: Tensor | None,
+        self, u: Tensor, delta: Tensor, A: Tensor, Bg: Tensor, Cg: Tensor, D: Tensor | None, z: Tensor | None,
         delta_bias: Tensor | None, delta_softplus: bool, dout: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
-        """Returns du, ddelta, dA, dBt, dCt, dD, dz, ddelta_bias (None where the input is None).
+        """Returns du, ddelta, dA, dB, dC, dD, dz, ddelta_bias (None where the input is None); dB, dC (b, g, n, L).
 
         Adjoint: g_t = dL/dh_t = C_t·dy_t + a_{t+1} ⊙ g_{t+1}, the same recurrence run in reverse with the decays
         shifted by one step, computed with `_chunk_scan_(reverse=True)` after recomputing the states.
         """
         batch, dim, length = u.shape
         n = A.shape[1]
-        groups = Bt.shape[1]
+        groups = Bg.shape[1]
         t_len, n_chunks, blocks = self._geometry(u, n)
+        Bt, Ct = Bg.transpose(-1, -2).contiguous(), Cg.transpose(-1, -2).contiguous()  # (b, g, L, n)
         padded = n_chunks * t_len
         du, ddt = torch.empty_like(u), torch.empty_like(u)
         dz = torch.empty_like(u) if z is not None else None
@@ -475,7 +476,7 @@ class BlockedKernel:
                 x = delta if delta_bias is None else delta + delta_bias[:, None]
                 ddelta = ddt * torch.where(x > _SOFTPLUS_THRESHOLD, 1.0, torch.sigmoid(x))
             dbias = ddelta.sum((0, 2)) if delta_bias is not None else None
-        return du, ddelta, dA, dBt, dCt, dD, dz, dbias
+        return du, ddelta, dA, dBt.transpose(-1, -2), dCt.transpose(-1, -2), dD, dz, dbias
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -196,6 +196,22 @@ def test_native_self_check_rejects_a_wrong_kernel(monkeypatch, caplog):
         ss.selective_scan(*make_inputs("initial", batch=1, dim=2, length=4, n=2).values(), backend="native")
 
 
+def test_native_results_are_bit_identical_for_any_thread_count():
+    # Exact training resume needs gradients that do not depend on the thread count or on timing.
+    require("native")
+    inputs = make_inputs("strong", torch.float32, batch=2, dim=16, length=50)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            results.append(run(ss.selective_scan, inputs, backend="native"))
+    finally:
+        torch.set_num_threads(threads)
+    for name, value in results[0].items():
+        assert torch.equal(value, results[1][name]), name
+
+
 def test_first_use_under_inference_mode_still_verifies_the_native_kernel(monkeypatch):
     require("native")
     monkeypatch.setattr(ss, "_native_state", {})
