@@ -51,6 +51,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["mfuser_model*", "mfuser_ros*", "training*"]),
     include_package_data=True,
+    package_data={"mfuser_model": ["ops/csrc/*.cpp"]},  # the native selective scan compiles from it at first use
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
