@@ -106,15 +106,20 @@ class MFuser(nn.Module):
         return F.interpolate(scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def tokenize_class_names(config: ModelConfig) -> torch.Tensor:
-    """(K, T) token ids of the class names, T = ``config.name_length`` (truncated, EOS kept last)."""
+def tokenize_class_names(config: ModelConfig, tokenizer_dir: str | None = None) -> torch.Tensor:
+    """(K, T) token ids of the class names as the reference makes them, T = ``config.name_length``.
+
+    CLIP / EVA02: OpenAI BPE ``[SOS, name, EOS, 0...]`` (the vocabulary ships with open_clip). SigLIP: its
+    SentencePiece tokenizer read from ``tokenizer_dir`` or the preset's ``weights.tokenizer`` folder.
+    """
+    from mfuser_model.weights.tokenizer import build_tokenizer  # noqa: PLC0415
+
     if config.tokenizer == "openai-clip-bpe":
-        from open_clip.tokenizer import SimpleTokenizer  # noqa: PLC0415  (the BPE vocab ships in the wheel)
-
-        return SimpleTokenizer()(list(config.class_names), context_length=config.name_length)
-    from mfuser_model.weights.tokenizer import siglip_tokenize  # noqa: PLC0415
-
-    return siglip_tokenize(config.weights.tokenizer, list(config.class_names), config.name_length)
+        tokenizer = build_tokenizer("clip", context_length=config.name_length)
+    else:
+        tokenizer = build_tokenizer("siglip", context_length=config.name_length,
+                                    siglip_dir=tokenizer_dir or config.weights.tokenizer)
+    return tokenizer(list(config.class_names))
 
 
 def build_mfuser(config: ModelConfig, token_ids: torch.Tensor | None = None, device=None) -> MFuser:  # noqa: ANN001

@@ -122,8 +122,9 @@ class MVFuser(nn.Module):
 
         x_dbl = self.x_proj(rearrange(x, "b h l -> (b l) h"))  # (B*L, R + 2N)
         dt, b_ssm, c_ssm = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        # The bias is added inside the scan (delta_bias) as in Mamba, so apply the weight only here.
-        dt = rearrange(dt @ self.dt_proj.weight.t(), "(b l) h -> b h l", l=length)
+        # As in the reference, dt_proj is applied with its bias AND the bias goes to the scan as delta_bias, so the
+        # step is softplus(W dt + 2 b). Mamba adds it once; released MFuser weights were trained with this form.
+        dt = rearrange(self.dt_proj(dt), "(b l) h -> b h l", l=length)
         b_ssm = rearrange(b_ssm, "(b l) n -> b n l", l=length).contiguous()
         c_ssm = rearrange(c_ssm, "(b l) n -> b n l", l=length).contiguous()
         a = -torch.exp(self.A_log.float())  # (h, N)

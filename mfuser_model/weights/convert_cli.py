@@ -33,10 +33,10 @@ import torch
 from mfuser_model.checkpoint import save_model
 from mfuser_model.config import ModelConfig, load_model_config
 from mfuser_model.errors import CheckpointError, ConfigError, MFuserError
-from mfuser_model.mfuser import MFuser, build_mfuser
+from mfuser_model.mfuser import MFuser, build_mfuser, tokenize_class_names
 from mfuser_model.weights.backbones import load_dinov2, load_vlm
 from mfuser_model.weights.io import read_state_dict
-from mfuser_model.weights.mfuser_release import class_token_ids, model_from_release
+from mfuser_model.weights.mfuser_release import model_from_release
 
 __all__ = ["load_encoders", "main", "model_from_training_checkpoint"]
 
@@ -98,7 +98,7 @@ def _untrained(config: ModelConfig, vfm: str | Path | None, vlm: str | Path | No
     if vfm is None or vlm is None:
         msg = "an untrained model needs both encoder files: --vfm (DINOv2) and --vlm (CLIP / EVA02 / SigLIP)"
         raise ConfigError(msg)
-    model = build_mfuser(config, token_ids=class_token_ids(config, tokenizer))
+    model = build_mfuser(config, token_ids=tokenize_class_names(config, tokenizer))
     load_encoders(model, vfm, vlm)
     return model
 

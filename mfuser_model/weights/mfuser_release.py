@@ -20,16 +20,14 @@ The six released files ({CLIP, EVA02, SigLIP} x {GTAV, Cityscapes}) are mmseg ch
 Encoder parts are renamed into the public checkpoint layouts and handed to the backbone converters
 (:mod:`mfuser_model.weights.backbones`); everything trained by MFuser is mapped here. A release saved without its
 frozen encoders (if the authors stripped them) converts too: :func:`model_from_release` then loads DINOv2 and the VLM
-from their pretrained files. Three places where this
-project computes the same function with differently stored numbers are folded in on conversion:
+from their pretrained files. Numbers are copied as stored, because the project's modules compute what the
+reference computes with the reference's own parameters:
 
 1. MVFuser delta bias: the reference applies ``dt_proj`` *with* its bias and passes the bias again as the scan's
-   ``delta_bias``, so its step is ``softplus(W dt + 2 b)``; this project's MVFuser adds the bias once (Mamba's
-   convention). The converted bias is ``2 b``.
-2. CLIP class token: the reference adds ``class_embedding`` to the CLS token and again to its position row
-   (``cls_pos = pos[0] + class_embedding``); timm adds ``cls_token + pos_embed[0]``. The converted
-   ``pos_embed[0]`` is ``positional_embedding[0] + class_embedding``.
-3. MVFuser ``scale`` is a 0-d tensor in the reference and a ``(1,)`` tensor here.
+   ``delta_bias`` (its step is ``softplus(W dt + 2 b)``); :class:`~mfuser_model.mvfuser.MVFuser` does the same.
+2. CLIP class token: the reference adds ``class_embedding`` to the CLS token and again to its position row;
+   the project's CLIP stream (:class:`~mfuser_model.encoders.TokenStream`) adds it twice too.
+3. MVFuser ``scale`` is a 0-d tensor in the reference and a ``(1,)`` tensor here (reshaped).
 """
 
 from __future__ import annotations
@@ -46,18 +44,15 @@ from mfuser_model.checkpoint import load_state_dict_strict
 from mfuser_model.config import ModelConfig
 from mfuser_model.encoders import VLMKind
 from mfuser_model.errors import CheckpointError, ConfigError
-from mfuser_model.mfuser import MFuser, build_mfuser
+from mfuser_model.mfuser import MFuser, build_mfuser, tokenize_class_names
 from mfuser_model.weights.backbones import convert_dinov2, convert_vlm, load_dinov2, load_vlm
 from mfuser_model.weights.io import read_state_dict
-from mfuser_model.weights.tokenizer import build_tokenizer
 
 __all__ = [
     "NOT_IN_RELEASE",
-    "class_token_ids",
     "convert_release_state_dict",
     "detect_release_variant",
     "expected_model_shapes",
-    "fold_clip_class_embedding",
     "model_from_release",
     "read_release",
     "release_config",
@@ -330,25 +325,6 @@ def _checked_variant(state: Mapping[str, torch.Tensor], config: ModelConfig, sou
     return kind
 
 
-def class_token_ids(config: ModelConfig, tokenizer_dir: str | Path | None = None) -> torch.Tensor:
-    """(K, name_length) token ids of ``config.class_names`` as the reference makes them.
-
-    CLIP / EVA02: OpenAI BPE, ``[SOS, name, EOS, 0...]`` at length 5 (``models/backbones/utils.tokenize``).
-    SigLIP: the SentencePiece tokenizer of ``google/siglip-large-patch16-384`` with ``truncation=True,
-    max_length=5, padding='max_length'`` (no start token, ``</s>`` last, padded with ``</s>``); its files are not
-    bundled, so ``tokenizer_dir`` (or the preset's ``weights.tokenizer``) must name a folder holding them.
-
-    Raises:
-        ConfigError: SigLIP tokenizer folder missing or unreadable.
-    """
-    if config.tokenizer == "openai-clip-bpe":
-        tokenizer = build_tokenizer("clip", context_length=config.name_length)
-    else:
-        folder = tokenizer_dir or config.weights.tokenizer
-        tokenizer = build_tokenizer("siglip", context_length=config.name_length, siglip_dir=folder)
-    return tokenizer(list(config.class_names))
-
-
 def model_from_release(path: str | Path, config: ModelConfig, *, tokenizer_dir: str | Path | None = None,
                        vlm_file: str | Path | None = None, vfm_file: str | Path | None = None) -> MFuser:
     """Build an MFuser holding a released checkpoint's weights, ready for :func:`~mfuser_model.checkpoint.save_model`.
@@ -356,7 +332,7 @@ def model_from_release(path: str | Path, config: ModelConfig, *, tokenizer_dir: 
     Args:
         path: the released ``.pth``.
         config: the preset of the same VLM (its text length is taken from the release, see :func:`release_config`).
-        tokenizer_dir: SigLIP only: folder with the tokenizer files (see :func:`class_token_ids`).
+        tokenizer_dir: SigLIP only: folder with the tokenizer files (see ``tokenize_class_names``).
         vlm_file: the pretrained VLM file (``ViT-L-14-336px.pt``, ``EVA02_CLIP_L_336_psz14_s6B.pt``,
             ``siglip_vitl16_384.pth`` or their public twins). Needed for SigLIP, whose ``logit_scale`` /
             ``logit_bias`` the reference reads from it, and for a release saved without its frozen VLM.
@@ -369,7 +345,7 @@ def model_from_release(path: str | Path, config: ModelConfig, *, tokenizer_dir: 
     state = read_release(path)
     config = release_config(state, config)
     parts = release_parts(state)
-    model = build_mfuser(config, token_ids=class_token_ids(config, tokenizer_dir))
+    model = build_mfuser(config, token_ids=tokenize_class_names(config, tokenizer_dir))
     provided = _load_absent_encoders(model, parts, path, vfm_file, vlm_file)
     converted = convert_release_state_dict(state, config, source=path, provided=frozenset(provided))
     current = model.state_dict()
@@ -398,8 +374,6 @@ def _load_absent_encoders(model: MFuser, parts: Mapping[str, bool], path: str | 
         _log.info("%s: no VLM weights in the release; loading them from %s", path, vlm_file)
         load_vlm(model.config.vlm, model.backbone.vlm, model.text_encoder.tower, vlm_file)
         vision = model.backbone.vlm.state_dict()
-        if model.config.vlm == "clip":
-            model.backbone.vlm.load_state_dict(fold_clip_class_embedding(vision))
         filled |= {f"backbone.vlm.{k}" for k in vision}
         if not parts["vlm_text"]:
             filled |= {f"text_encoder.tower.{k}" for k in model.text_encoder.tower.state_dict()}
@@ -448,9 +422,7 @@ def _mvfuser(rest: str, value: torch.Tensor) -> tuple[str, torch.Tensor] | None:
     name = _MVFUSER_NAMES.get(rest)
     if name is None:
         return None
-    if rest == "dt_proj.bias":
-        value = value * 2  # the reference adds this bias twice (dt_proj(dt) and delta_bias); see the module doc
-    elif rest == "scale":
+    if rest == "scale":
         value = value.reshape(1)
     return name, value
 
@@ -549,22 +521,9 @@ def _convert_encoders(groups: Mapping[str, StateDict], kind: VLMKind, shapes: Ma
     except CheckpointError as err:
         msg = f"{source}: encoder weights: {err}"
         raise CheckpointError(msg) from None
-    vision = fold_clip_class_embedding(dict(weights.vision)) if kind == "clip" else dict(weights.vision)
-    out.update({f"backbone.vlm.{k}": v for k, v in vision.items()})
+    out.update({f"backbone.vlm.{k}": v for k, v in weights.vision.items()})
     out.update({f"text_encoder.tower.{k}": v for k, v in weights.text.items()})
     return out
-
-
-def fold_clip_class_embedding(vision: StateDict) -> StateDict:
-    """CLIP vision weights for timm that add ``class_embedding`` twice to the CLS token, as the reference does.
-
-    The reference computes ``cls + pos[0] + cls`` (``clip/models.py``: ``cls_pos = pos[0,:] + class_embedding``
-    added to tokens that already start with it); timm computes ``cls_token + pos_embed[0]``, so the second add goes
-    into ``pos_embed[0]``.
-    """
-    pos = vision["pos_embed"].clone()
-    pos[:, 0] = pos[:, 0] + vision["cls_token"].reshape(-1)
-    return {**vision, "pos_embed": pos}
 
 
 def _clip_public(vision: StateDict, text: StateDict) -> StateDict:

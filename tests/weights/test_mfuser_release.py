@@ -154,8 +154,7 @@ def _reference_fuser(f: torch.nn.Module, p: str) -> dict[str, T]:
     return {f"{p}.in_proj.weight": f.in_proj.weight, f"{p}.conv1d_x.weight": f.conv_x.weight,
             f"{p}.conv1d_z.weight": f.conv_z.weight, f"{p}.x_proj.weight": f.x_proj.weight,
             f"{p}.dt_proj.weight": f.dt_proj.weight,
-            # the reference adds this bias twice (dt_proj(dt) and the scan's delta_bias)
-            f"{p}.dt_proj.bias": f.dt_proj.bias / 2, f"{p}.A_log": f.A_log, f"{p}.D": f.D,
+            f"{p}.dt_proj.bias": f.dt_proj.bias, f"{p}.A_log": f.A_log, f"{p}.D": f.D,
             f"{p}.norm.weight": f.norm.weight, f"{p}.out_proj.weight": f.out_proj.weight,
             f"{p}.scale": f.scale.reshape(())}
 
@@ -189,16 +188,13 @@ def _hf_layer(out: dict, p: str, qkv_w: T, qkv_b: T, pairs: list[tuple[str, torc
         _lin(out, f"{p}.{ref}", mod)
 
 
-def _vision_reference(m: MFuser, kind: str, *, fold_cls: bool = True) -> dict[str, T]:
+def _vision_reference(m: MFuser, kind: str) -> dict[str, T]:
     """The VLM vision tower in the reference backbone's own names (without the ``backbone.`` prefix)."""
     v = m.backbone.vlm
     out: dict[str, T] = {}
     if kind == "clip":
-        cls = v.cls_token.reshape(-1)
-        pos = v.pos_embed[0].clone()
-        if fold_cls:  # the reference adds class_embedding to the CLS token and again to its position row
-            pos[0] = pos[0] - cls
-        out.update({"conv1.weight": v.patch_embed.proj.weight, "class_embedding": cls, "positional_embedding": pos,
+        out.update({"conv1.weight": v.patch_embed.proj.weight, "class_embedding": v.cls_token.reshape(-1),
+                    "positional_embedding": v.pos_embed[0],
                     "proj": v.head.weight.t()})
         _lin(out, "ln_pre", v.norm_pre)
         _lin(out, "ln_post", v.norm)
@@ -364,10 +360,6 @@ def _perturb_(model: MFuser, seed: int) -> MFuser:
             t.add_(torch.randn(t.shape, generator=gen) * 0.05)
     if model.config.vlm == "clip":
         model.backbone.vlm.head.bias.zero_()  # OpenAI's proj has no bias
-        # On a 2^-12 grid the fold of the reference's second class-embedding add (pos[0] - cls + cls) is exact,
-        # so the comparison below sees the mapping, not float rounding of that fold.
-        for t in (model.backbone.vlm.cls_token, model.backbone.vlm.pos_embed[:, 0]):
-            t.copy_(torch.round(t * 4096) / 4096)
     return model.eval()
 
 
@@ -637,7 +629,7 @@ def _encoder_files(model: MFuser, folder: Path) -> tuple[Path, Path]:
     torch.save({**model.backbone.vfm.state_dict(), "mask_token": torch.zeros(1, model.config.vfm_dim)}, vfm)
     vlm = folder / "ViT-L-14-336px.pth"
     rows = model.config.text_context_length
-    vision = {f"visual.{k}": v.clone() for k, v in _vision_reference(model, "clip", fold_cls=False).items()}
+    vision = {f"visual.{k}": v.clone() for k, v in _vision_reference(model, "clip").items()}
     torch.save({**vision, **{k: v.clone() for k, v in _text_reference(model, "clip", rows).items()}}, vlm)
     return vfm, vlm
 
@@ -692,7 +684,7 @@ def test_text_length_mismatch_with_the_preset_is_reported(release):
 
 
 def test_siglip_tokenizer_folder_is_required_for_siglip_class_names():
-    from mfuser_model.weights.mfuser_release import class_token_ids
+    from mfuser_model.mfuser import tokenize_class_names as class_token_ids
 
     config = load_model_config("mfuser-siglip-large")
     with pytest.raises(ConfigError, match="spiece.model"):
