@@ -24,6 +24,7 @@ import numpy as np
 
 from mfuser_model.classes import IGNORE_INDEX
 from mfuser_model.errors import MFuserError
+from mfuser_model.synthetic_scenes import render_scene
 from mfuser_ros.bagio import COMPRESSED_TYPE, IMAGE_TYPE, BagOutput
 from mfuser_ros.replay_eval import CITYSCAPES_LABEL_TO_TRAIN
 
@@ -42,11 +43,6 @@ class DemoCamera:
 
 
 def _render(style: str, seed: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        from training.synthetic import render_scene  # noqa: PLC0415
-    except ImportError as err:
-        msg = "mfuser-make-demo-bag needs the 'training' package of this repository (pip install -e '.[train]')"
-        raise MFuserError(msg) from err
     return render_scene(np.random.default_rng(seed), height, width, style=style)
 
 
