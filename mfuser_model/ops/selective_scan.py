@@ -8,8 +8,10 @@ element and channel d, with state h of size n:
 where delta = softplus(delta + delta_bias) when asked. Backends:
 
 - ``"cuda"``: mamba-ssm's CUDA kernel (needs mamba-ssm and CUDA tensors).
-- ``"native"``: a fused C++ CPU kernel (`csrc/selective_scan.cpp`), state in registers, rows over OpenMP threads,
-  with its own backward. Built at first use; checked against `selective_scan_ref` once per process before use.
+- ``"native"``: a fused C++ CPU kernel (`csrc/selective_scan.cpp`): state in vector registers, softplus, D and the
+  z gate fused, rows over ``torch.get_num_threads()`` threads, with its own backward (states recomputed per row,
+  reverse adjoint scan; gradients bit-identical for any thread count). Built at first use (about a second);
+  checked against `selective_scan_ref`, forward and backward, once per process before use.
 - ``"blocked"``: a stable two-level chunked scan in plain PyTorch (any device). Chunks of 32 steps are scanned
   together with running products of their decays, then a carry over chunks gives each chunk its start state.
   It only multiplies decays ≤ 1 (never divides, never exps a positive number), so it is exact to rounding for any
@@ -20,7 +22,7 @@ where delta = softplus(delta + delta_bias) when asked. Backends:
 
 `selective_scan` with ``backend=None`` uses the module default (`set_default_backend`), which is automatic unless
 set: ``"cuda"`` for CUDA tensors when mamba-ssm imports, ``"native"`` on CPU when it built and verified, else
-``"blocked"``.
+``"blocked"`` (also while tracing or compiling, where a foreign call cannot be recorded).
 """
 
 # ruff: noqa: N803 - A, B, C, D are the paper's and mamba-ssm's argument names (callers pass them by keyword)
@@ -546,9 +548,10 @@ def _native_kernel() -> _native.NativeKernel | None:
             lib = _native.load()
             if lib is not None:
                 candidate = _native.NativeKernel(lib)
-                # The first call may come from inside no_grad/inference_mode; the check needs autograd.
-                with torch.inference_mode(False), torch.enable_grad():
-                    problem = _verify_kernel(candidate)
+                try:
+                    problem = _verify_kernel(candidate)  # autograd on, even under no_grad / inference_mode
+                except (RuntimeError, MemoryError) as err:  # the kernel's own errors count as a failed check
+                    problem = f"it raised {err!r}"
                 if problem is None:
                     kernel = candidate
                 else:
