@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
+import math
 import os
 import platform
 import shutil
@@ -141,6 +142,22 @@ def _p(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _common_groups(Bg: Tensor, Cg: Tensor) -> tuple[Tensor, Tensor, int]:
+    """B and C with the same group count G = lcm(g_B, g_C) (the kernel reads both with one channel -> group map).
+
+    Each of the G groups lies inside one of B's (and C's) groups, so repeating groups gives the same values.
+    """
+    groups = math.lcm(Bg.shape[1], Cg.shape[1])
+    return (Bg.repeat_interleave(groups // Bg.shape[1], dim=1), Cg.repeat_interleave(groups // Cg.shape[1], dim=1),
+            groups)
+
+
+def _fold_groups(grad: Tensor, groups: int) -> Tensor:
+    """(b, G, n, L) gradient -> (b, groups, n, L), summing the repeated groups."""
+    b, total, n, length = grad.shape
+    return grad if total == groups else grad.view(b, groups, total // groups, n, length).sum(2)
+
+
 def _pad_state(t: Tensor, n_pad: int, dim: int) -> Tensor:
     """Zero-pad the state dimension `dim` to n_pad; padded lanes keep h = 0 (A = 0, B = 0) and add nothing."""
     n = t.shape[dim]
@@ -186,7 +203,8 @@ class NativeKernel:
     ) -> tuple[Tensor, Tensor | None]:
         """Returns y (b, d, L), gated by silu(z) when z is given, and the last state (b, d, n) if asked."""
         b, d, L = u.shape
-        g, n = Bg.shape[1], Bg.shape[2]
+        n = Bg.shape[2]
+        Bg, Cg, g = _common_groups(Bg, Cg)
         n_pad = -(-n // _WIDTH[u.dtype]) * _WIDTH[u.dtype]
         A, Bg, Cg = _pad_state(A, n_pad, 1), _pad_state(Bg, n_pad, 2), _pad_state(Cg, n_pad, 2)
         out = torch.empty_like(u)
@@ -204,7 +222,8 @@ class NativeKernel:
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
         """Returns du, ddelta, dA, dB, dC, dD, dz, ddelta_bias (None where the input is None); dB, dC (b, g, n, L)."""
         b, d, L = u.shape
-        g, n = Bg.shape[1], Bg.shape[2]
+        n, groups_b, groups_c = Bg.shape[2], Bg.shape[1], Cg.shape[1]
+        Bg, Cg, g = _common_groups(Bg, Cg)
         n_pad = -(-n // _WIDTH[u.dtype]) * _WIDTH[u.dtype]
         A, Bg, Cg = _pad_state(A, n_pad, 1), _pad_state(Bg, n_pad, 2), _pad_state(Cg, n_pad, 2)
         slots = min(_SLOTS, b * d)
@@ -224,8 +243,8 @@ class NativeKernel:
             du,
             ddelta,
             dA[:, :n],
-            dB[:, :, :n],
-            dC[:, :, :n],
+            _fold_groups(dB[:, :, :n], groups_b),
+            _fold_groups(dC[:, :, :n], groups_c),
             dD if D is not None else None,
             dz,
             dbias if delta_bias is not None else None,

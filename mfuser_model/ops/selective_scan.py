@@ -351,6 +351,15 @@ class BlockedKernel:
         return Bt.index_select(1, index)
 
     @staticmethod
+    def _add_to_groups(grad: Tensor, per_channel: Tensor, d0: int, d1: int, dim: int) -> None:
+        """grad (b, g, L, n) += the (b, d1-d0, L, n) per-channel terms, summed into their groups."""
+        groups = grad.shape[1]
+        if groups == 1:
+            grad[:, 0] += per_channel.sum(1)
+        else:
+            grad.index_add_(1, torch.arange(d0, d1, device=grad.device) // (dim // groups), per_channel)
+
+    @staticmethod
     def _buffers(u: Tensor, count: int, numel: int) -> list[Tensor]:
         return [u.new_empty(numel) for _ in range(count)]
 
@@ -411,7 +420,6 @@ class BlockedKernel:
         """
         batch, dim, length = u.shape
         n = A.shape[1]
-        groups = Bg.shape[1]
         t_len, n_chunks, blocks = self._geometry(u, n)
         Bt, Ct = Bg.transpose(-1, -2).contiguous(), Cg.transpose(-1, -2).contiguous()  # (b, g, L, n)
         padded = n_chunks * t_len
@@ -466,13 +474,8 @@ class BlockedKernel:
                 dA[d0:d1] = torch.einsum("bkln,bkl->kn", qv, dt_blk)
                 grad_b = gv.mul_(x_blk[..., None])
                 grad_c = hv.mul_(dy[..., None])
-                if groups == 1:
-                    dBt[:, 0] += grad_b.sum(1)
-                    dCt[:, 0] += grad_c.sum(1)
-                else:
-                    index = torch.arange(d0, d1, device=u.device) // (dim // groups)
-                    dBt.index_add_(1, index, grad_b)
-                    dCt.index_add_(1, index, grad_c)
+                self._add_to_groups(dBt, grad_b, d0, d1, dim)
+                self._add_to_groups(dCt, grad_c, d0, d1, dim)
             ddelta = ddt
             if delta_softplus:  # d softplus(x)/dx = sigmoid(x), exactly 1 where F.softplus is linear
                 x = delta if delta_bias is None else delta + delta_bias[:, None]

@@ -100,6 +100,15 @@ def test_grouped_b_and_c_and_any_state_size(backend, groups, n):
     assert_close(run(ss.selective_scan, inputs, backend=backend), run(ss.selective_scan_ref, inputs), 1e-9)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_b_and_c_may_have_different_group_counts(backend):
+    require(backend)
+    inputs = make_inputs("strong", batch=2, dim=12, length=20, n=4, groups=4)
+    inputs["C"] = make_inputs("strong", batch=2, dim=12, length=20, n=4, groups=6, seed=1)["C"]
+    inputs["B"] = inputs["B"][:, :2]  # 2 groups of 6 channels for B, 6 groups of 2 for C
+    assert_close(run(ss.selective_scan, inputs, backend=backend), run(ss.selective_scan_ref, inputs), 1e-9)
+
+
 def test_blocked_scan_with_many_channel_blocks_matches_reference():
     # One channel per block and short chunks, so block, chunk and group boundaries all fall in different places.
     inputs = make_inputs("strong", batch=2, dim=6, length=53, n=4, groups=3)
