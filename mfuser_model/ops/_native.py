@@ -35,6 +35,7 @@ _logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "selective_scan.cpp"
 _ABI_VERSION = 5
+MAX_STATE = 256  # kMaxState in the kernel
 _SLOTS = 8  # fixed row ranges with their own dB / dC partials: the reduction order never depends on threads
 _WIDTH = {torch.float32: 16, torch.float64: 8}  # lanes per 64-byte vector; d_state is padded to it
 # Tried in order. -march=native is safe because the cache key includes the CPU's feature flags.

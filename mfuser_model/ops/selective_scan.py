@@ -146,8 +146,8 @@ def _check_inputs(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
     delta_bias: Tensor | None,
 ) -> None:
-    if u.dim() != 3:
-        raise _shape_error("u", u, "(batch, d_inner, L)")
+    if u.dim() != 3 or u.shape[2] == 0:
+        raise _shape_error("u", u, "(batch, d_inner, L) with L >= 1")
     batch, dim, length = u.shape
     if delta.shape != u.shape:
         raise _shape_error("delta", delta, f"{tuple(u.shape)} like u")
@@ -653,6 +653,8 @@ def selective_scan(
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     name = resolve_backend(u, backend)
+    if name == "native" and backend is None and _default_backend is None and A.shape[1] > _native.MAX_STATE:
+        name = "blocked"  # automatic choice: the native kernel keeps at most MAX_STATE states in registers
     if name == "ref":
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if name == "cuda":

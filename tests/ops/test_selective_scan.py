@@ -242,6 +242,12 @@ def test_missing_compiler_falls_back_with_one_warning(monkeypatch, caplog):
     assert "compiler" in caplog.records[0].message
 
 
+def test_automatic_choice_avoids_native_beyond_its_state_limit():
+    inputs = make_inputs("initial", batch=1, dim=2, length=3, n=native.MAX_STATE + 1)
+    out = ss.selective_scan(**inputs, delta_softplus=True)  # blocked, not a native size error
+    torch.testing.assert_close(out, ss.selective_scan_ref(**inputs, delta_softplus=True))
+
+
 def test_default_backend_is_native_on_cpu_and_can_be_set(monkeypatch):
     u = torch.zeros(1, 2, 3)
     monkeypatch.setattr(ss, "_default_backend", None)
@@ -265,6 +271,7 @@ def test_default_backend_is_native_on_cpu_and_can_be_set(monkeypatch):
         ("B", torch.zeros(1, 3, 4), r"B has shape \(1, 3, 4\)"),
         ("C", torch.zeros(1, 3, 2, 4), r"C has shape \(1, 3, 2, 4\)"),  # 3 groups do not divide 2 channels
         ("D", torch.zeros(3), r"D has shape \(3,\)"),
+        ("u", torch.zeros(1, 2, 0), r"u has shape \(1, 2, 0\), expected \(batch, d_inner, L\) with L >= 1"),
     ],
 )
 def test_bad_shapes_are_named(name, bad, match):
