@@ -37,6 +37,7 @@ SOURCE = Path(__file__).parent / "csrc" / "selective_scan.cpp"
 _ABI_VERSION = 5
 MAX_STATE = 256  # kMaxState in the kernel
 _SLOTS = 8  # fixed row ranges with their own dB / dC partials: the reduction order never depends on threads
+_STEPS_PER_THREAD = 32768  # ~0.1 ms of work per thread at d_state 16
 _WIDTH = {torch.float32: 16, torch.float64: 8}  # lanes per 64-byte vector; d_state is padded to it
 # Tried in order. -march=native is safe because the cache key includes the CPU's feature flags.
 _FLAG_SETS = (
@@ -186,8 +187,10 @@ class NativeKernel:
         return getattr(self._lib, f"ss_{kind}_{suffix}")
 
     @staticmethod
-    def _threads(tasks: int) -> int:
-        return max(1, min(torch.get_num_threads(), tasks))
+    def _threads(tasks: int, steps: int) -> int:
+        """Threads for `tasks` independent pieces of `steps` recurrence steps in all: torch's thread count, but no
+        more threads than tasks, nor than 1 per _STEPS_PER_THREAD steps (a thread costs tens of µs to start)."""
+        return max(1, min(torch.get_num_threads(), tasks, steps // _STEPS_PER_THREAD))
 
     @staticmethod
     def _check(rc: int, n: int, g: int, d: int) -> None:
@@ -212,7 +215,7 @@ class NativeKernel:
         last = u.new_empty(b, d, n_pad) if want_last else None
         rc = self._fn("forward", u.dtype)(
             _p(u), _p(delta), _p(delta_bias), int(delta_softplus), _p(A), _p(Bg), _p(Cg), _p(D), _p(z), _p(out),
-            _p(last), b, d, L, n_pad, g, self._threads(b * d),
+            _p(last), b, d, L, n_pad, g, self._threads(b * d, b * d * L),
         )
         self._check(rc, n, g, d)
         return out, None if last is None else last[..., :n]
@@ -237,7 +240,7 @@ class NativeKernel:
         rc = self._fn("backward", u.dtype)(
             _p(u), _p(delta), _p(delta_bias), int(delta_softplus), _p(A), _p(Bg), _p(Cg), _p(D), _p(z), _p(dout),
             _p(du), _p(ddelta), _p(dz), _p(dA), _p(dD), _p(dbias), _p(dB), _p(dC), b, d, L, n_pad, g, slots,
-            self._threads(slots),
+            self._threads(slots, b * d * L),
         )
         self._check(rc, n, g, d)
         return (
