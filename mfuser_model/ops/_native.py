@@ -34,11 +34,10 @@ __all__ = ["NativeKernel", "build_dir", "load"]
 _logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "selective_scan.cpp"
-_ABI_VERSION = 5
+_ABI_VERSION = 6
 MAX_STATE = 256  # kMaxState in the kernel
 _SLOTS = 8  # fixed row ranges with their own dB / dC partials: the reduction order never depends on threads
 _STEPS_PER_THREAD = 32768  # ~0.1 ms of work per thread at d_state 16
-_WIDTH = {torch.float32: 16, torch.float64: 8}  # lanes per 64-byte vector; d_state is padded to it
 # Tried in order. -march=native is safe because the cache key includes the CPU's feature flags.
 _FLAG_SETS = (
     ["-O3", "-std=gnu++17", "-fPIC", "-shared", "-pthread", "-march=native", "-ffp-contract=fast"],
@@ -113,7 +112,8 @@ def _bind(lib: ctypes.CDLL) -> None:
         bwd = getattr(lib, f"ss_backward_{suffix}")
         bwd.argtypes = [ptr, ptr, ptr, i32] + [ptr] * 14 + [i64] * 6 + [i32]
         bwd.restype = i32
-    lib.ss_abi_version.restype = i32
+    for name in ("ss_abi_version", "ss_lanes_f32", "ss_lanes_f64"):
+        getattr(lib, name).restype = i32
 
 
 def load() -> ctypes.CDLL | None:
@@ -181,6 +181,8 @@ class NativeKernel:
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         self._lib = lib
+        # Lanes per vector of the build (AVX-512: 16 floats); d_state is zero-padded to a multiple of it.
+        self._lanes = {torch.float32: lib.ss_lanes_f32(), torch.float64: lib.ss_lanes_f64()}
 
     def _fn(self, kind: str, dtype: torch.dtype):
         suffix = {torch.float32: "f32", torch.float64: "f64"}[dtype]
@@ -209,7 +211,7 @@ class NativeKernel:
         b, d, L = u.shape
         n = Bg.shape[2]
         Bg, Cg, g = _common_groups(Bg, Cg)
-        n_pad = -(-n // _WIDTH[u.dtype]) * _WIDTH[u.dtype]
+        n_pad = -(-n // self._lanes[u.dtype]) * self._lanes[u.dtype]
         A, Bg, Cg = _pad_state(A, n_pad, 1), _pad_state(Bg, n_pad, 2), _pad_state(Cg, n_pad, 2)
         out = torch.empty_like(u)
         last = u.new_empty(b, d, n_pad) if want_last else None
@@ -228,7 +230,7 @@ class NativeKernel:
         b, d, L = u.shape
         n, groups_b, groups_c = Bg.shape[2], Bg.shape[1], Cg.shape[1]
         Bg, Cg, g = _common_groups(Bg, Cg)
-        n_pad = -(-n // _WIDTH[u.dtype]) * _WIDTH[u.dtype]
+        n_pad = -(-n // self._lanes[u.dtype]) * self._lanes[u.dtype]
         A, Bg, Cg = _pad_state(A, n_pad, 1), _pad_state(Bg, n_pad, 2), _pad_state(Cg, n_pad, 2)
         slots = min(_SLOTS, b * d)
         du, ddelta = torch.empty_like(u), torch.empty_like(u)

@@ -231,6 +231,16 @@ def test_first_use_under_inference_mode_still_verifies_the_native_kernel(monkeyp
     torch.testing.assert_close(out, ss.selective_scan_ref(**inputs, delta_softplus=True), rtol=1e-9, atol=1e-12)
 
 
+def test_portable_build_without_native_instructions_also_verifies(monkeypatch):
+    # The second flag set (no -march=native: SSE2 / 16-byte vectors on x86) is what machines fall back to.
+    require("native")
+    monkeypatch.setattr(native, "_FLAG_SETS", native._FLAG_SETS[1:])
+    monkeypatch.setattr(native, "_state", {})
+    lib = native.load()
+    assert lib is not None
+    assert ss._verify_kernel(native.NativeKernel(lib)) is None
+
+
 def test_missing_compiler_falls_back_with_one_warning(monkeypatch, caplog):
     monkeypatch.setattr(native, "_compiler", lambda: None)
     monkeypatch.setattr(native, "_state", {})

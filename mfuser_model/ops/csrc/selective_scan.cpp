@@ -2,10 +2,11 @@
 //
 // Plain C++ with an extern "C" interface (loaded with ctypes by mfuser_model/ops/_native.py), so it needs no
 // torch headers and compiles in about a second. One (batch, channel) row is a sequential loop over L with the
-// state h (n values) in registers as 64-byte vectors (GCC/Clang vector extensions: one AVX-512 register, or two
-// AVX2 ones, per 16 floats), and rows are spread over threads. exp is a branch-free vector polynomial; it
+// state h (n values) in vector registers (GCC/Clang vector extensions, as wide as the target allows: one AVX-512
+// register per 16 floats), and rows are spread over threads. exp is a branch-free vector polynomial; it
 // flushes results below the smallest normal number to zero, which only happens for decays that are zero to working
-// precision anyway. The caller pads d_state to a multiple of the vector width (16 floats, 8 doubles) with zeros.
+// precision anyway. The caller pads d_state to a multiple of the vector width (ss_lanes_f32 / ss_lanes_f64) with
+// zeros.
 //
 // Layouts (all contiguous): u, delta, z, out, du, ddelta, dz: (batch, dim, len); A: (dim, n); D, bias: (dim,);
 // B, C: (batch, groups, n, len), channel d reads group d / (dim / groups); last: (batch, dim, n). B and C are
@@ -48,24 +49,32 @@ struct FlushDenormals {
 #endif
 };
 
+// Vector width: the widest the target has (AVX-512: 64 bytes, AVX: 32, else 16: SSE2 / NEON). Wider vectors than
+// the hardware would be split by the compiler and passed through memory, which was 15x slower.
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+#elif defined(__AVX__)
+constexpr int kVecBytes = 32;
+#else
+constexpr int kVecBytes = 16;
+#endif
+
 template <typename T>
 struct VT;
 template <>
 struct VT<float> {
-  typedef float V __attribute__((vector_size(64)));
-  typedef int32_t I __attribute__((vector_size(64)));
-  typedef float V8 __attribute__((vector_size(32)));
-  typedef float V4 __attribute__((vector_size(16)));
-  static constexpr int W = 16;
+  typedef float V __attribute__((vector_size(kVecBytes)));
+  typedef int32_t I __attribute__((vector_size(kVecBytes)));
+  static constexpr int W = kVecBytes / 4;
 };
 template <>
 struct VT<double> {
-  typedef double V __attribute__((vector_size(64)));
-  typedef int64_t I __attribute__((vector_size(64)));
-  typedef double V8 __attribute__((vector_size(32)));  // half vector: 4 doubles
-  typedef double V4 __attribute__((vector_size(16)));  // quarter vector: 2 doubles
-  static constexpr int W = 8;
+  typedef double V __attribute__((vector_size(kVecBytes)));
+  typedef int64_t I __attribute__((vector_size(kVecBytes)));
+  static constexpr int W = kVecBytes / 8;
 };
+
+constexpr int log2i(int x) { return x <= 1 ? 0 : 1 + log2i(x / 2); }
 
 template <typename T>
 inline typename VT<T>::V vload(const T* p) {
@@ -99,18 +108,8 @@ inline void vstore_n(T* p, typename VT<T>::V v, int cnt) {
 
 template <typename T>
 inline T hsum(typename VT<T>::V v) {
-  using V8 = typename VT<T>::V8;
-  using V4 = typename VT<T>::V4;
-  V8 a, b;
-  std::memcpy(&a, &v, sizeof(a));
-  std::memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof(a), sizeof(b));
-  const V8 s8 = a + b;
-  V4 c, d;
-  std::memcpy(&c, &s8, sizeof(c));
-  std::memcpy(&d, reinterpret_cast<const char*>(&s8) + sizeof(c), sizeof(d));
-  const V4 s4 = c + d;
   T s = T(0);
-  for (unsigned i = 0; i < sizeof(V4) / sizeof(T); ++i) s += s4[i];
+  for (int i = 0; i < VT<T>::W; ++i) s += v[i];
   return s;
 }
 
@@ -120,7 +119,7 @@ inline T hsum(typename VT<T>::V v) {
 template <typename T>
 struct FoldMasks {
   static constexpr int W = VT<T>::W;
-  static constexpr int kLevels = W == 16 ? 4 : 3;
+  static constexpr int kLevels = log2i(W);
   typename VT<T>::I x[kLevels], y[kLevels];
   FoldMasks() {
     int level = 0;
@@ -276,7 +275,7 @@ struct Problem {
   }
 };
 
-constexpr int kMaxVec = kMaxState / 8;
+constexpr int kMaxVec = kMaxState / VT<double>::W;
 
 // NV: number of vectors per state (compile-time when > 0, else nstate / W at run time).
 template <typename T, int NV>
@@ -529,6 +528,7 @@ int forward_impl(const Problem<T>& q, const T* Bg, const T* Cg, T* out, T* last,
     switch (p.nstate / W) {
       case 1: forward_rows<T, 1>(p, out, last, buf, r0, r1); break;
       case 2: forward_rows<T, 2>(p, out, last, buf, r0, r1); break;
+      case 4: forward_rows<T, 4>(p, out, last, buf, r0, r1); break;
       default: forward_rows<T, 0>(p, out, last, buf, r0, r1); break;
     }
   });
@@ -592,6 +592,10 @@ int backward_impl(const Problem<T>& q, const T* Bg, const T* Cg, const T* dout, 
         backward_rows<T, 2>(p, dout, du, ddelta, dz, dAr, dDr, dbr, dBp, dCp, w.hbuf.data(), w.abuf.data(),
                             w.dybuf.data(), w.dtbuf.data(), w.zeros.data(), r0, r1);
         break;
+      case 4:
+        backward_rows<T, 4>(p, dout, du, ddelta, dz, dAr, dDr, dbr, dBp, dCp, w.hbuf.data(), w.abuf.data(),
+                            w.dybuf.data(), w.dtbuf.data(), w.zeros.data(), r0, r1);
+        break;
       default:
         backward_rows<T, 0>(p, dout, du, ddelta, dz, dAr, dDr, dbr, dBp, dCp, w.hbuf.data(), w.abuf.data(),
                             w.dybuf.data(), w.dtbuf.data(), w.zeros.data(), r0, r1);
@@ -629,8 +633,8 @@ int backward_impl(const Problem<T>& q, const T* Bg, const T* Cg, const T* dout, 
 }  // namespace
 
 // Inputs: u, delta, z (batch, dim, len); A (dim, nstate); B, C (batch, groups, nstate, len); D, bias (dim,); bias,
-// D and z may be null. nstate must be a multiple of the vector width (16 for f32, 8 for f64) and at most 256, dim a
-// multiple of groups. Outputs: out (batch, dim, len), last (batch, dim, nstate) or null; gradients in the inputs'
+// D and z may be null. nstate must be a multiple of the vector width (ss_lanes_f32 / _f64) and at most 256, dim a
+// multiple of groups (see ss_lanes_*). Outputs: out (batch, dim, len), last (batch, dim, nstate) or null; gradients in the inputs'
 // layouts, dA, dD, dbias summed over the batch (all written, whether or not the input was given).
 // Returns 0; 1 on bad sizes; 2 when workspace memory cannot be allocated.
 #define SS_DEFINE(SUFFIX, T)                                                                                     \
@@ -653,4 +657,7 @@ int backward_impl(const Problem<T>& q, const T* Bg, const T* Cg, const T* dout, 
 SS_DEFINE(f32, float)
 SS_DEFINE(f64, double)
 
-extern "C" int ss_abi_version() { return 5; }
+extern "C" int ss_abi_version() { return 6; }
+// Lanes per vector (16 / 8 floats, 8 / 4 doubles on AVX-512 / AVX): nstate must be a multiple of it.
+extern "C" int ss_lanes_f32() { return VT<float>::W; }
+extern "C" int ss_lanes_f64() { return VT<double>::W; }
