@@ -315,3 +315,21 @@ def test_sigint_to_the_cli_leaves_a_valid_bag_and_a_partial_report(tmp_path, msg
     assert summary["frames"]["read"] < 80
     labels = read_bag(out / "drive_mfuser").get("/front/mfuser/labels", [])
     assert len(labels) == summary["cameras"]["/front"]["frames_out"]
+
+
+def test_corrupt_db3_stops_at_the_damage_naming_file_and_message(tmp_path, msgs, typestore):
+    bag = write_bag(tmp_path / "drive", msgs, typestore, storage="sqlite3", frames=6)
+    db3 = next(bag.glob("*.db3"))
+    size = db3.stat().st_size
+    with db3.open("r+b") as f:  # overwrite pages in the middle, keep the file's length
+        f.seek(size // 2)
+        f.write(b"\xff" * 8192)
+    read = []
+
+    def read_all(reader: BagInput) -> None:
+        for _, message in reader.messages(["/front/image_raw"]):
+            read.append(message)
+
+    with BagInput(bag) as reader, pytest.raises(BagReadError, match=r"drive: cannot read after message \d+"):
+        read_all(reader)
+    assert 1 <= len(read) < 6
