@@ -21,7 +21,15 @@ import torch.nn.functional as F
 from mfuser_model.errors import ConfigError
 from mfuser_model.preprocess import normalize
 
-__all__ = ["Precision", "SegmentationResult", "Segmenter", "build_segmenter", "slide_scores", "whole_scores"]
+__all__ = [
+    "Precision",
+    "SegmentationResult",
+    "Segmenter",
+    "build_segmenter",
+    "labels_from_lowres",
+    "slide_scores",
+    "whole_scores",
+]
 
 Precision = Literal["fp32", "fp16", "bf16"]
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, H, W) normalised -> (B, K, H, W) scores
@@ -120,13 +128,25 @@ class Segmenter:
                 out = slide_scores(self.model.predict, images, self.crop_size, self.stride, self.num_classes)
         return out.float()
 
+    @torch.no_grad()
+    def lowres_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Whole-image scores at the mask resolution: (B, K, h, w) float32 and the padded input size."""
+        h, w = images.shape[-2:]
+        padded = (-(-h // self.multiple) * self.multiple, -(-w // self.multiple) * self.multiple)
+        with self._autocast():
+            low = self.model.predict_lowres(_pad_to(images.to(self.device), *padded))
+        return low.float(), padded
+
     def segment_batch(self, images: Sequence[np.ndarray],
-                      output_sizes: Sequence[tuple[int, int] | None] | None = None) -> list[SegmentationResult]:
+                      output_sizes: Sequence[tuple[int, int] | None] | None = None, *,
+                      with_confidence: bool = True) -> list[SegmentationResult]:
         """Segment (H, W, 3) uint8 RGB images. Images of equal size run as one batch.
 
         Args:
             images: the images; sizes may differ.
             output_sizes: per image, the (height, width) of the outputs (default: the image's own size).
+            with_confidence: compute the confidence maps (whole mode skips that work when False and returns
+                an empty (0, 0) array; a node asks only while someone subscribes).
         """
         sizes = list(output_sizes) if output_sizes is not None else [None] * len(images)
         if len(sizes) != len(images):
@@ -138,9 +158,16 @@ class Segmenter:
             groups.setdefault(tuple(image.shape), []).append(i)
         for indices in groups.values():
             batch = normalize([images[i] for i in indices], device=self.device)
-            scores = self.scores(batch)
-            for row, i in enumerate(indices):
-                results[i] = _to_result(scores[row: row + 1], sizes[i])
+            if self.mode == "whole":
+                low, padded = self.lowres_scores(batch)
+                for row, i in enumerate(indices):
+                    size = sizes[i] or tuple(batch.shape[-2:])
+                    results[i] = labels_from_lowres(low[row], tuple(batch.shape[-2:]), padded, size,
+                                                    with_confidence=with_confidence)
+            else:
+                scores = self.scores(batch)
+                for row, i in enumerate(indices):
+                    results[i] = _to_result(scores[row: row + 1], sizes[i])
         return results  # type: ignore[return-value]
 
     def segment(self, image: np.ndarray, output_size: tuple[int, int] | None = None) -> SegmentationResult:
@@ -156,6 +183,67 @@ def build_segmenter(model: torch.nn.Module, *, decoder_backend: str = "torch", *
     from mfuser_model.decoder_backends import build_segmenter as _build  # noqa: PLC0415
 
     return _build(model, decoder_backend=decoder_backend, **kwargs)
+
+
+def _source_index(size_in: int, size_out: int, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PyTorch's bilinear (align_corners=False) source rows for ``size_out`` outputs: i0, i1, weight of i1."""
+    src = np.maximum((np.arange(size_out, dtype=np.float32) + np.float32(0.5)) * np.float32(scale)
+                     - np.float32(0.5), np.float32(0.0))
+    i0 = np.minimum(src.astype(np.int64), size_in - 1)
+    i1 = np.minimum(i0 + 1, size_in - 1)
+    return i0, i1, (src - i0).astype(np.float32)
+
+
+def labels_from_lowres(scores: torch.Tensor, image_size: tuple[int, int], padded_size: tuple[int, int],
+                       out_size: tuple[int, int], *, with_confidence: bool = True) -> SegmentationResult:
+    """Labels (and confidence) at ``out_size`` from low-resolution scores, without upsampling all K channels.
+
+    Equal to ``argmax(bilinear_upsample(scores))`` of the padded image cropped to ``image_size`` (and resampled to
+    ``out_size``), up to float rounding: where the four low-resolution cells a pixel interpolates between share
+    one arg-max class k, every convex combination of them has arg-max k too, so only pixels near class borders
+    need the K-channel interpolation. Confidence (winning score / score sum) is a ratio of two bilinear
+    interpolations there, and computed from the interpolated K-vector at the border pixels. Gathers use
+    ``np.take`` along one axis at a time, which runs at memory speed (torch's 2-D index_select does not).
+
+    Args:
+        scores: (K, h, w) scores of the padded image.
+        image_size: (H, W) of the image before padding.
+        padded_size: (H', W') the scores cover.
+        out_size: (oh, ow) of the results.
+    """
+    s = scores.detach().float().cpu().numpy()
+    k, h, w = s.shape
+    (height, width), (oh, ow) = image_size, out_size
+    y0, y1, ly = _source_index(h, oh, (height / oh) * (h / padded_size[0]))
+    x0, x1, lx = _source_index(w, ow, (width / ow) * (w / padded_size[1]))
+    low_labels = s.argmax(axis=0).astype(np.uint8)
+    down = np.minimum(np.arange(1, h + 1), h - 1)
+    right = np.minimum(np.arange(1, w + 1), w - 1)
+    below = np.take(low_labels, down, axis=0)
+    uniform = (low_labels == below) & (low_labels == np.take(low_labels, right, axis=1)) & (
+        low_labels == np.take(below, right, axis=1))
+    labels = np.take(np.take(low_labels, y0, axis=0), x0, axis=1)
+    ys, xs = np.nonzero(~np.take(np.take(uniform, y0, axis=0), x0, axis=1))
+    # Channels-last table, so each corner gather reads K contiguous floats.
+    table = np.ascontiguousarray(s.transpose(1, 2, 0)).reshape(h * w, k)
+    wy, wx = ly[ys, None], lx[xs, None]
+    r0, r1, c0, c1 = y0[ys] * w, y1[ys] * w, x0[xs], x1[xs]
+    mixed = (1 - wy) * ((1 - wx) * np.take(table, r0 + c0, axis=0) + wx * np.take(table, r0 + c1, axis=0)) + wy * (
+        (1 - wx) * np.take(table, r1 + c0, axis=0) + wx * np.take(table, r1 + c1, axis=0))  # (N, K)
+    labels[ys, xs] = mixed.argmax(axis=1)
+    if not with_confidence:
+        return SegmentationResult(labels, np.zeros((0, 0), np.float32))
+
+    def bilinear(plane: np.ndarray) -> np.ndarray:
+        rows = np.take(plane, y0, axis=0) * (1 - ly)[:, None] + np.take(plane, y1, axis=0) * ly[:, None]
+        return np.take(rows, x0, axis=1) * (1 - lx) + np.take(rows, x1, axis=1) * lx
+
+    best = bilinear(s.max(axis=0))
+    total = bilinear(s.sum(axis=0))
+    best[ys, xs] = mixed.max(axis=1)
+    total[ys, xs] = mixed.sum(axis=1)
+    confidence = np.clip(best / np.maximum(total, np.float32(1e-12)), 0.0, 1.0, dtype=np.float32)
+    return SegmentationResult(labels, confidence)
 
 
 def _to_result(scores: torch.Tensor, size: tuple[int, int] | None) -> SegmentationResult:

@@ -99,10 +99,14 @@ class MFuser(nn.Module):
         score_map = score_map * self.logit_scale.exp() + self.logit_bias
         return MFuserOutput(head_out.class_logits, head_out.mask_logits, score_map)
 
+    def predict_lowres(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-class scores (B, K, h, w) at the mask resolution (4x the token grid), before upsampling."""
+        out = self(images)
+        return semantic_scores(out.class_logits[-1], out.mask_logits[-1])
+
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Per-class scores (B, K, H, W) at the input resolution (softmax(class) x sigmoid(mask), summed)."""
-        out = self(images)
-        scores = semantic_scores(out.class_logits[-1], out.mask_logits[-1])
+        scores = self.predict_lowres(images)
         return F.interpolate(scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
 

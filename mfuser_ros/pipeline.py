@@ -50,7 +50,8 @@ __all__ = [
 class SegmenterLike(Protocol):
     """What the pipeline needs from ``mfuser_model.inference.Segmenter``."""
 
-    def segment_batch(self, images: list[np.ndarray], output_sizes: list[tuple[int, int]] | None = None) -> list[Any]:
+    def segment_batch(self, images: list[np.ndarray], output_sizes: list[tuple[int, int]] | None = None, *,
+                      with_confidence: bool = True) -> list[Any]:
         """RGB uint8 images -> results with ``labels`` (H, W) uint8 and ``confidence`` (H, W) float32."""
         ...
 
@@ -179,14 +180,16 @@ class SegmentationPipeline:
             decoded.append((i, rgb, FrameTiming(decode_ms=(time.perf_counter() - t0) * 1e3)))
         for start in range(0, len(decoded), self.max_batch):
             chunk = decoded[start:start + self.max_batch]
+            # Confidence maps cost a second pass over the output; only compute them while someone listens.
+            confident = any(wanted(frames[i][0]).confidence for i, _, _ in chunk)
             try:
-                done = [(chunk, *self._segment(chunk))]
+                done = [(chunk, *self._segment(chunk, confident))]
             except (RuntimeError, ValueError) as err:
                 # One frame can sink the whole batch (an odd size, memory): retry one by one so only it fails.
                 done = []
                 for item in chunk if len(chunk) > 1 else []:
                     try:
-                        done.append(([item], *self._segment([item])))
+                        done.append(([item], *self._segment([item], confident)))
                     except (RuntimeError, ValueError) as one_err:
                         results[item[0]] = self._model_failure(frames, item[0], one_err)
                 if len(chunk) == 1:
@@ -198,12 +201,13 @@ class SegmentationPipeline:
                     results[i] = self.encode(camera, msg.header, rgb, result, wanted(camera), timing)
         return results  # type: ignore[return-value]
 
-    def _segment(self, chunk: list[tuple[int, np.ndarray, FrameTiming]]) -> tuple[list[Any], float]:
+    def _segment(self, chunk: list[tuple[int, np.ndarray, FrameTiming]],
+                 with_confidence: bool) -> tuple[list[Any], float]:
         """One model call for the RGB images of ``chunk``; returns the results and its milliseconds."""
         images = [rgb for _, rgb, _ in chunk]
         sizes = [self.output_size or rgb.shape[:2] for rgb in images]
         t0 = time.perf_counter()
-        segmented = self.segmenter.segment_batch(images, output_sizes=sizes)
+        segmented = self.segmenter.segment_batch(images, output_sizes=sizes, with_confidence=with_confidence)
         return segmented, (time.perf_counter() - t0) * 1e3
 
     @staticmethod

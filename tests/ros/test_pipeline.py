@@ -41,12 +41,13 @@ class CountingSegmenter:
         self.calls = []
         self.fail_calls = set(fail_calls)
 
-    def segment_batch(self, images, output_sizes=None):
+    def segment_batch(self, images, output_sizes=None, *, with_confidence=True):
         self.calls.append(len(images))
+        self.confidence_asked = with_confidence
         if len(self.calls) in self.fail_calls:
             msg = "CUDA out of memory (injected)"
             raise RuntimeError(msg)
-        return self.segmenter.segment_batch(images, output_sizes)
+        return self.segmenter.segment_batch(images, output_sizes, with_confidence=with_confidence)
 
 
 @pytest.fixture
@@ -229,3 +230,15 @@ def test_an_image_too_small_for_the_network_fails_alone(pipeline, msgs, scene):
     small, ok = pipeline.run([(0, tiny), (1, good)])
     assert isinstance(small, FrameFailure) and small.kind == "model"
     assert ok.labels.data.shape == (48, 64)
+
+
+def test_confidence_is_computed_only_when_a_subscriber_wants_it(tiny_model, msgs, scene):
+    spy = CountingSegmenter(tiny_model.pipeline.segmenter)
+    pipeline = SegmentationPipeline(spy, palette=tiny_model.palette, overlay_alpha=0.5)
+    rgb = scene(48, 64)
+    labels_only = pipeline.process(msgs.image(rgb, "rgb8"))
+    assert spy.confidence_asked is False
+    assert labels_only.confidence is None
+    with_all = pipeline.process(msgs.image(rgb, "rgb8"), ALL)
+    assert spy.confidence_asked is True
+    np.testing.assert_array_equal(labels_only.labels.data, with_all.labels.data)
