@@ -200,6 +200,9 @@ class _Run:
         self.montage = Montage(every=max(1, per_camera // rows_per_camera), max_rows=options.montage_rows)
         self.clock_ns: Callable[[], int] = time.time_ns
         self.fatal: MFuserError | None = None  # an error raised on the worker thread (real-time mode)
+        self.worker: FrameWorker | None = None
+        self.model_s = 0.0  # sum of the model calls' times (each batch once)
+        self._batch_seen = -1
         self.out_topics = {kind: [output_topic(ns, kind) for ns in namespaces]
                            for kind in ("labels", "color", "overlay", "confidence")}
 
@@ -244,6 +247,9 @@ class _Run:
         stamp = stamp_ns(outputs.header)
         labels = outputs.labels.data
         with self.lock:
+            if self.worker is not None and self.worker.batches != self._batch_seen:
+                self._batch_seen = self.worker.batches  # frames of one batch share its model time
+                self.model_s += outputs.timing.model_ms / 1e3
             if self.options.realtime:
                 self.latency[camera].append((self.clock_ns() - stamp) / 1e6)
             else:
@@ -343,6 +349,7 @@ def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: Nod
                    "evaluated": evaluated_total},
         "wall_s": wall_s,
         "throughput_fps": processed / wall_s if wall_s > 0 else 0.0,
+        "model_s": run.model_s,
         "latency_definition": ("now - header.stamp on the bag clock when the outputs are written"
                                if options.realtime else
                                "per frame: decode + model call of its batch + encode + bag write (no queueing)"),
@@ -398,6 +405,7 @@ def run_replay(options: ReplayOptions, *, loaded: LoadedModel | None = None,
         run = _Run(options, cameras, list(topics), namespaces, gt_topics, out_bag, progress, expected or 0)
         worker = FrameWorker(loaded.pipeline, namespaces, _ReplaySink(run), warn=progress.write,
                              log_throttle_s=config.log_throttle_s, stats_window_s=config.stats_window_s)
+        run.worker = worker
         t_start = time.perf_counter()
         out_bag.open()
         player = _Player(run, worker, loaded, config)
