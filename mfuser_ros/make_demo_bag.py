@@ -1,14 +1,13 @@
 """``mfuser-make-demo-bag``: a short synthetic drive as a rosbag2, with ground-truth label topics.
 
-Each camera gets procedural street scenes from ``training.synthetic.render_scene`` (the generator the bundled tiny
-model was trained on) in its own rendering style, e.g. the ``game`` source style and a shifted ``fog`` or ``night``
-style, so one replay shows in-domain and domain-shifted accuracy side by side. Frames are independent scenes, not a
-continuous drive. Per camera ``c`` the bag holds:
+Each camera gets procedural street scenes from ``mfuser_model.synthetic_scenes.render_scene`` (the generator the
+bundled tiny model was trained on, through ``training.synthetic``) in its own rendering style, e.g. the ``game``
+source style and a shifted ``fog`` or ``night`` style, so one replay shows in-domain and domain-shifted accuracy
+side by side. Frames are independent scenes, not a continuous drive. Per camera ``c`` the bag holds:
 
-- ``/<c>/image_raw`` (sensor_msgs/Image rgb8) or, with ``--compressed``, ``/<c>/image_raw/compressed`` (JPEG);
+- ``/<c>/image_raw`` (sensor_msgs/Image rgb8) or, for a ``NAME:STYLE:compressed`` camera,
+  ``/<c>/image_raw/compressed`` (JPEG sensor_msgs/CompressedImage);
 - ``/<c>/ground_truth/labels`` (sensor_msgs/Image mono8, train ids or Cityscapes labelIds, same header stamp).
-
-This is a development tool: it imports ``training`` (the scene generator) on purpose; the node never does.
 """
 
 from __future__ import annotations

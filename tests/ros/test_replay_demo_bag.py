@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mfuser_model.synthetic_scenes import render_scene
 from mfuser_ros.bagio import BagInput
 from mfuser_ros.conversions import message_to_rgb
 from mfuser_ros.make_demo_bag import DemoCamera, main, make_demo_bag
 from mfuser_ros.replay import find_camera_topics
 from mfuser_ros.replay_eval import CITYSCAPES_LABEL_TO_TRAIN
-
-synthetic = pytest.importorskip("training.synthetic", reason="the demo bag renders training's synthetic scenes")
 
 
 @pytest.mark.parametrize(("storage", "gt_format"), [("mcap", "trainids"), ("sqlite3", "labelids")])
@@ -33,7 +32,7 @@ def test_demo_bag_holds_each_camera_with_its_style_and_exact_ground_truth(tmp_pa
         images = [m.msg for _, m in messages if m.topic.startswith(f"/{cam.name}/image_raw")]
         gts = [m.msg for _, m in messages if m.topic == f"/{cam.name}/ground_truth/labels"]
         for i, (image, gt) in enumerate(zip(images, gts, strict=True)):
-            rgb, labels = synthetic.render_scene(np.random.default_rng(5 + 1000 * k + i), 32, 64, style=cam.style)
+            rgb, labels = render_scene(np.random.default_rng(5 + 1000 * k + i), 32, 64, style=cam.style)
             assert image.header.stamp == gt.header.stamp
             expected = labels if gt_format == "trainids" else np.where(labels == 255, 0, to_label[labels])
             np.testing.assert_array_equal(gt.data.reshape(32, 64), expected)
