@@ -8,8 +8,6 @@ no tokenizer: the class-name token ids are a tensor in the file.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from mfuser_model.config import ModelConfig, load_model_config
 from mfuser_model.config_io import dataclass_from_dict, dataclass_to_dict
 from mfuser_model.errors import CheckpointError, ConfigError
+from mfuser_model.fileio import atomic_path
 from mfuser_model.mfuser import MFuser, build_mfuser
 
 __all__ = ["FORMAT", "build_model", "load_model", "read_model_metadata", "save_model"]
@@ -30,18 +29,11 @@ FORMAT = "mfuser-model/1"
 def save_model(model: MFuser, path: str | Path, extra_metadata: dict[str, str] | None = None) -> Path:
     """Write ``model`` to ``path`` atomically (temp file in the same folder, then ``os.replace``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT, "config": json.dumps(dataclass_to_dict(model.config))}
     metadata.update(extra_metadata or {})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -91,21 +83,30 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> MFuser:
     return model.to(device)
 
 
-def load_state_dict_strict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str | Path) -> None:
-    """Load every parameter and buffer; any missing, unexpected or mis-shaped key is a CheckpointError."""
+def load_state_dict_strict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str | Path, *,
+                           may_be_missing: frozenset[str] | set[str] = frozenset()) -> None:
+    """Load a state dict in which every key fits: a missing, unexpected or mis-shaped key is a CheckpointError.
+
+    Args:
+        model: the module to fill.
+        tensors: the state dict.
+        source: named in errors (the file it came from).
+        may_be_missing: keys the caller fills otherwise (frozen encoders restored from their own files); they keep
+            their current values when absent.
+    """
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
+    missing = sorted(set(expected) - set(tensors) - set(may_be_missing))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
         msg = (f"{source}: state dict does not match the model: {len(missing)} missing "
                f"(first: {missing[:3]}), {len(unexpected)} unexpected (first: {unexpected[:3]})")
         raise CheckpointError(msg)
-    for key, value in expected.items():
-        if tuple(value.shape) != tuple(tensors[key].shape):
-            msg = (f"{source}: key {key!r}: expected shape {tuple(value.shape)}, "
-                   f"found {tuple(tensors[key].shape)}")
+    for key, value in tensors.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            msg = (f"{source}: key {key!r}: expected shape {tuple(expected[key].shape)}, "
+                   f"found {tuple(value.shape)}")
             raise CheckpointError(msg)
-    model.load_state_dict(tensors, strict=True)
+    model.load_state_dict(tensors, strict=not may_be_missing)
 
 
 def build_model(preset: str | Path | None = None, checkpoint: str | Path | None = None,

@@ -21,8 +21,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +31,7 @@ from torch import Tensor, nn
 
 from mfuser_model.decode_head import semantic_scores
 from mfuser_model.errors import ConfigError, MFuserError
+from mfuser_model.fileio import atomic_path
 
 __all__ = [
     "DECODER_INPUTS",
@@ -208,10 +207,7 @@ def export_decoder(head: nn.Module, path: str | Path, inputs: DecoderInputs | Se
     args = tuple(t.detach().to("cpu", torch.float32) for t in (*inputs.features, inputs.text))
     module = FinalStageDecoder(copy.deepcopy(head).to("cpu", torch.float32).eval()).eval()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         _run_exporter(module, args, tmp, dynamic_batch=dynamic_batch, opset=opset, exporter=exporter)
         model = onnx.load(tmp)
         shapes = {name: tuple(t.shape) for name, t in zip(DECODER_INPUTS, args, strict=True)}
@@ -230,10 +226,6 @@ def export_decoder(head: nn.Module, path: str | Path, inputs: DecoderInputs | Se
         if check:
             onnx.checker.check_model(model)
         onnx.save(model, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return ExportedDecoder(path, shapes, dynamic_batch, opset if exporter == "legacy" else max(opset, 18), exporter)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from mfuser_model.errors import ConfigError, MFuserError
+from mfuser_model.fileio import atomic_path
 
 __all__ = [
     "ENGINE_FORMAT",
@@ -244,14 +244,8 @@ def write_engine(engine_path: str | Path, data: bytes, key: Mapping[str, Any], *
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,9 @@ separately with :func:`mfuser_model.checkpoint.save_model`.
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from mfuser_model.checkpoint import load_state_dict_strict
 from mfuser_model.errors import CheckpointError
+from mfuser_model.fileio import atomic_path
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -68,19 +68,7 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor], sourc
     Raises:
         CheckpointError: keys missing (other than frozen parameters) or unexpected, or shapes differ.
     """
-    expected = model.state_dict()
-    frozen = frozen_parameter_names(model)
-    missing = sorted(set(expected) - set(state) - frozen)
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        msg = (f"{source}: checkpoint does not fit the model: {len(missing)} missing (first: {missing[:3]}), "
-               f"{len(unexpected)} unexpected (first: {unexpected[:3]})")
-        raise CheckpointError(msg)
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            msg = f"{source}: key {key!r}: checkpoint shape {tuple(value.shape)}, model {tuple(expected[key].shape)}"
-            raise CheckpointError(msg)
-    model.load_state_dict(state, strict=False)
+    load_state_dict_strict(model, state, source, may_be_missing=frozen_parameter_names(model))
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -143,16 +131,8 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` (plus the format tag) to ``path`` atomically: temp file in the same folder, then
     ``os.replace``, so a crash never leaves a truncated checkpoint under the final name."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are shared like any output file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

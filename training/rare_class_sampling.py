@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 import torch.utils.data
 
 from mfuser_model.classes import IGNORE_INDEX
+from mfuser_model.fileio import atomic_path
 from training.datasets import SegmentationDataset, Transform
 from training.errors import DatasetError
 
@@ -78,14 +78,8 @@ def _samples_with_class(stats: list[dict[str, Any]]) -> dict[str, list[list[Any]
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=1), encoding="utf-8")
 
 
 def _relative_entries(stats: Any, dataset: SegmentationDataset) -> list[dict[str, Any]] | None:

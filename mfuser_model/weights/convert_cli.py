@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
-from mfuser_model.checkpoint import save_model
+from mfuser_model.checkpoint import load_state_dict_strict, save_model
 from mfuser_model.config import ModelConfig, load_model_config
-from mfuser_model.errors import CheckpointError, ConfigError, MFuserError
+from mfuser_model.errors import ConfigError, MFuserError
 from mfuser_model.mfuser import MFuser, build_mfuser, tokenize_class_names
 from mfuser_model.weights.backbones import load_dinov2, load_vlm
 from mfuser_model.weights.io import read_state_dict
@@ -77,19 +77,7 @@ def model_from_training_checkpoint(path: str | Path, config: ModelConfig, vfm: s
     state = read_state_dict(path)  # unwraps the checkpoint's "model" entry; weights_only, no code runs
     model = build_mfuser(config, token_ids=state.get("text_encoder.token_ids"))
     filled = load_encoders(model, vfm, vlm)
-    expected = model.state_dict()
-    unexpected = sorted(set(state) - set(expected))
-    missing = sorted(set(expected) - set(state) - filled)
-    if unexpected or missing:
-        msg = (f"{path}: does not fit preset {config.name!r}: {len(unexpected)} unexpected keys "
-               f"(first: {unexpected[:3]}), {len(missing)} keys neither it nor --vfm/--vlm provide "
-               f"(first: {missing[:3]})")
-        raise CheckpointError(msg)
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            msg = f"{path}: key {key!r}: expected shape {tuple(expected[key].shape)}, found {tuple(value.shape)}"
-            raise CheckpointError(msg)
-    model.load_state_dict(state, strict=False)
+    load_state_dict_strict(model, state, f"{path} (preset {config.name!r}, with --vfm/--vlm)", may_be_missing=filled)
     return model
 
 
