@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CITYSCAPES_CLASSES", "CITYSCAPES_PALETTE", "IGNORE_INDEX", "colorize"]
+__all__ = ["CITYSCAPES_CLASSES", "CITYSCAPES_LABEL_TO_TRAIN", "CITYSCAPES_PALETTE", "IGNORE_INDEX", "colorize"]
 
 IGNORE_INDEX = 255
 
@@ -12,6 +12,14 @@ CITYSCAPES_CLASSES: tuple[str, ...] = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
     "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
 )
+
+# Cityscapes labelId -> trainId for the 19 evaluated classes (GTAV labels use the same ids); every other labelId
+# (0-6 void, 9 parking, 10 rail track, 14 guard rail, 15 bridge, 16 tunnel, 18 polegroup, 29 caravan, 30 trailer)
+# is ignored. Training's datasets and the replay evaluator both read it from here.
+CITYSCAPES_LABEL_TO_TRAIN: dict[int, int] = {
+    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
+    23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
+}
 
 # RGB, as in cityscapesscripts' label table.
 CITYSCAPES_PALETTE: tuple[tuple[int, int, int], ...] = (

@@ -21,11 +21,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mfuser_model.classes import IGNORE_INDEX
+from mfuser_model.classes import CITYSCAPES_LABEL_TO_TRAIN, IGNORE_INDEX
 from mfuser_model.errors import MFuserError
 from mfuser_model.synthetic_scenes import render_scene
 from mfuser_ros.bagio import COMPRESSED_TYPE, IMAGE_TYPE, BagOutput
-from mfuser_ros.replay_eval import CITYSCAPES_LABEL_TO_TRAIN
 
 __all__ = ["DemoCamera", "main", "make_demo_bag"]
 

@@ -17,7 +17,13 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from mfuser_model.classes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, IGNORE_INDEX, colorize
+from mfuser_model.classes import (
+    CITYSCAPES_CLASSES,
+    CITYSCAPES_LABEL_TO_TRAIN,
+    CITYSCAPES_PALETTE,
+    IGNORE_INDEX,
+    colorize,
+)
 from mfuser_model.errors import MFuserError
 from mfuser_model.metrics import ConfusionMatrix, format_table
 
@@ -36,13 +42,6 @@ __all__ = [
 ]
 
 GtFormat = Literal["labelids", "trainids"]
-
-# Cityscapes labelId -> trainId (the 19 evaluated classes); every other labelId is ignored. The same table as
-# training.label_maps.CITYSCAPES_LABEL_TO_TRAIN (mfuser_ros may not import training; a test keeps them equal).
-CITYSCAPES_LABEL_TO_TRAIN: dict[int, int] = {
-    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
-    23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
-}
 
 
 def gt_lut(fmt: GtFormat, num_classes: int = len(CITYSCAPES_CLASSES)) -> np.ndarray:

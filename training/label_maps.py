@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from mfuser_model.classes import IGNORE_INDEX
+from mfuser_model.classes import CITYSCAPES_LABEL_TO_TRAIN, IGNORE_INDEX
 
 __all__ = [
     "CITYSCAPES_LABEL_TO_TRAIN",
@@ -32,12 +32,6 @@ __all__ = [
     "mapillary_name_to_train_id",
 ]
 
-# Cityscapes labelId -> trainId for the 19 evaluated classes; every other labelId (0-6 void, 9 parking,
-# 10 rail track, 14 guard rail, 15 bridge, 16 tunnel, 18 polegroup, 29 caravan, 30 trailer) is ignored.
-CITYSCAPES_LABEL_TO_TRAIN: dict[int, int] = {
-    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
-    23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
-}
 # Inverse (train id -> Cityscapes labelId); ignore goes to 0 "unlabeled". Used to write GTAV/Cityscapes-layout
 # label files and to feed predictions to the official Cityscapes evaluator.
 TRAIN_TO_CITYSCAPES_LABEL: dict[int, int] = {t: k for k, t in CITYSCAPES_LABEL_TO_TRAIN.items()} | {IGNORE_INDEX: 0}

@@ -13,12 +13,12 @@ import cv2
 import numpy as np
 import pytest
 
+from mfuser_model.classes import CITYSCAPES_LABEL_TO_TRAIN
 from mfuser_model.metrics import ConfusionMatrix
 from mfuser_ros.bagio import BagInput, BagReadError
 from mfuser_ros.config import NodeConfig
 from mfuser_ros.pipeline import Wanted
 from mfuser_ros.replay import ReplayError, ReplayOptions, main, run_replay
-from mfuser_ros.replay_eval import CITYSCAPES_LABEL_TO_TRAIN
 
 rosbag2 = pytest.importorskip("rosbags.rosbag2", reason="rosbags is part of the [ros] extra")
 highlevel = pytest.importorskip("rosbags.highlevel")
@@ -246,11 +246,6 @@ def test_output_bag_refuses_to_overwrite(tmp_path, msgs, typestore, tiny_model):
     run_replay(options(bag, tmp_path / "report", montage_rows=0), loaded=tiny_model)
     with pytest.raises(ReplayError, match=r"drive_mfuser: output bag exists already"):
         run_replay(options(bag, tmp_path / "report"), loaded=tiny_model)
-
-
-def test_labelid_table_is_the_training_table():
-    label_maps = pytest.importorskip("training.label_maps")
-    assert label_maps.CITYSCAPES_LABEL_TO_TRAIN == CITYSCAPES_LABEL_TO_TRAIN
 
 
 def test_unknown_topic_is_named(tmp_path, msgs, typestore, tiny_model):
