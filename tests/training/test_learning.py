@@ -1,10 +1,9 @@
 """Proof that the whole training stack learns: a tiny MFuser trained on synthetic GTAV-style scenes on the CPU.
 
-Chance level is about 1/19 = 0.053 mIoU. At 128x64 frames and 64x64 crops the tiny preset's 14-pixel patches
-(a 4x4 token grid per crop) resolve the large classes (road, building, sky, car, sidewalk) within 300 iterations,
-while poles, signs and people stay below one patch; measured on the source style: mIoU 0.157, pixel accuracy 0.74,
-road 0.83, building 0.70, sky 0.66 IoU. The asserts keep a margin below that. The shifted target styles (fog,
-night) are printed, not asserted: domain generalisation of a from-scratch tiny model is not the claim.
+Chance level is about 1/19 = 0.053 mIoU. On 128x128 crops of 256x128 frames the tiny preset's 14-pixel patches
+give a 9x9 token grid per crop; in 600 iterations (about a minute on one idle core) it learns the large classes and
+the cars. The asserts keep a margin below what was measured (see the printed line). The shifted target styles
+(fog, night) are printed, not asserted: domain generalisation of a from-scratch tiny model is not the claim.
 """
 
 from __future__ import annotations
@@ -19,16 +18,16 @@ from mfuser_model.config_io import dataclass_from_dict
 from training.config import TrainConfig
 from training.trainer import train
 
-ITERATIONS = 300
+ITERATIONS = 600
 
 
 def _target(name: str, kind: str, root: Path, style: str, seed: int) -> dict:
     return {"name": name, "kind": kind, "root": str(root), "scale": "native",
-            "synthetic": {"num_images": 16, "size": [128, 64], "style": style, "seed": seed}}
+            "synthetic": {"num_images": 16, "size": [256, 128], "style": style, "seed": seed}}
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # ~2-4 min on 2 idle cores; generous for loaded CI machines
+@pytest.mark.timeout(1800)  # about a minute on one idle core; generous for loaded machines
 def test_tiny_mfuser_learns_synthetic_street_scenes(tmp_path: Path):
     data = tmp_path / "data"
     cfg = dataclass_from_dict(TrainConfig, {
@@ -37,16 +36,16 @@ def test_tiny_mfuser_learns_synthetic_street_scenes(tmp_path: Path):
         "model": {"preset": "tiny-eva02"},
         "data": {
             "source": {"kind": "gtav", "root": str(data / "gtav"),
-                       "synthetic": {"num_images": 64, "size": [128, 64], "style": "game", "seed": 1}},
+                       "synthetic": {"num_images": 96, "size": [256, 128], "style": "game", "seed": 1}},
             "generate_if_missing": True,
-            "crop_size": 64,
+            "crop_size": 128,
             "ratio_range": [0.75, 1.25],  # near the evaluation scale
             "photometric": False,  # the validation set has the source style; colour jitter only slows fitting
             "num_workers": 0,
-            "rare_class": {"min_pixels": 10},  # 3000 px of a 2 Mpx GTAV frame, scaled to 128x64
+            "rare_class": {"min_pixels": 30},  # 3000 px of a 2 Mpx GTAV frame, scaled to 256x128
         },
-        "optim": {"lr": 2e-3, "warmup_iters": 20, "weight_decay": 1e-5},
-        "loss": {"num_points": 256},
+        "optim": {"lr": 1e-3, "warmup_iters": 50, "weight_decay": 1e-5},
+        "loss": {"num_points": 1024},
         "iterations": ITERATIONS,
         "batch_size": 2,
         "seed": 0,
@@ -55,7 +54,7 @@ def test_tiny_mfuser_learns_synthetic_street_scenes(tmp_path: Path):
         "log_interval": 50,
         "progress_bar": False,
         "tensorboard": False,
-        "eval": {"mode": "slide", "crop_size": 64, "stride": 43, "num_samples": 2, "targets": [
+        "eval": {"mode": "slide", "crop_size": 128, "stride": 85, "num_samples": 2, "targets": [
             _target("source_val", "gtav", data / "gtav_val", "game", 11),
             _target("fog", "cityscapes", data / "fog", "fog", 12),
             _target("night", "cityscapes", data / "night", "night", 13),
@@ -71,6 +70,10 @@ def test_tiny_mfuser_learns_synthetic_street_scenes(tmp_path: Path):
     source = json.loads((cfg.run_dir / "eval" / "source_val" / "iou.json").read_text())
     print(f"source_val: aAcc {source['aAcc']:.3f}, IoU " + ", ".join(
         f"{k} {v:.2f}" for k, v in source["IoU"].items() if v))
-    assert result.eval["source_val"] > 0.12, f"source-style mIoU {result.eval['source_val']:.3f} is near chance"
-    assert source["aAcc"] > 0.6
-    assert source["IoU"]["road"] > 0.6 and source["IoU"]["sky"] > 0.4 and source["IoU"]["building"] > 0.4
+    # Measured: mIoU 0.267 (5x chance), aAcc 0.87, road 0.95, sky 0.86, building 0.84, car 0.63.
+    assert result.eval["source_val"] > 0.2, f"source-style mIoU {result.eval['source_val']:.3f} is near chance"
+    assert source["aAcc"] > 0.75
+    assert source["IoU"]["road"] > 0.8
+    assert source["IoU"]["sky"] > 0.6
+    assert source["IoU"]["building"] > 0.6
+    assert source["IoU"]["car"] > 0.3
