@@ -4,4 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
+# The suite runs tiny models, several processes at once (DDS peers, DDP ranks); one intra-op thread per process
+# avoids OpenMP oversubscription, which slowed tiny forwards ~50x on a busy 2-core machine.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 exec .venv/bin/python -m pytest "$@"
