@@ -6,13 +6,14 @@ Stages per frame (median ms over ``--reps``), for 640x480, 1280x720 and 1920x108
 - receive:     CDR bytes -> message object (what the DDS reader does; rclpy does this in C)
 - decode:      message -> (H, W, 3) RGB (mfuser_ros.conversions)
 - preprocess:  RGB -> normalised (1, 3, H, W) tensor (mfuser_model.preprocess.normalize, inside the Segmenter)
-- postprocess: (1, K, H, W) class scores -> labels + confidence (the Segmenter's argmax/normalise, K = 19)
+- postprocess: the network's (K, H/4, W/4) class scores -> labels at the input size (the Segmenter's whole-image
+               path, mfuser_model.inference.labels_from_lowres: bilinear arg-max, K = 19, scores shaped like a
+               street scene); "+conf" is the same with the confidence map
 - encode:      labels -> mono8 output image; "+extras" adds colour, overlay and confidence images
 - publish:     labels image -> DDS message -> DataWriter.write (CDR serialization + Cyclone's write, no reader)
-"label path" = receive + decode + encode + publish, the node's own work for the labels output (target <= 5 ms
-for 1920x1080 rgb8 on the project's 2-core CPU). The pre/postprocess columns run on the model's device in a real
-deployment and are printed for reference. The DDS round trip sends a 640x480 rgb8 frame to an echo process over
-loopback and back (target <= 10 ms).
+"label path" = receive + decode + preprocess + postprocess + encode + publish: everything the node does on the CPU
+for the labels output except the network's forward (target <= 5 ms for 1920x1080 rgb8 on the project's 2-core
+CPU). The DDS round trip sends a 640x480 rgb8 frame to an echo process over loopback and back (target <= 10 ms).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ import cv2
 import numpy as np
 import torch
 
-from mfuser_model.inference import _to_result
+from mfuser_model.inference import labels_from_lowres
 from mfuser_model.preprocess import normalize
+from mfuser_model.synthetic_scenes import render_scene
 from mfuser_ros.conversions import OutputImage, message_to_rgb
 from mfuser_ros.pipeline import FrameTiming, SegmentationPipeline, Wanted
 
@@ -53,6 +55,14 @@ def scene(height: int, width: int) -> np.ndarray:
     return rgb.astype(np.uint8)
 
 
+def scene_scores(height: int, width: int) -> torch.Tensor:
+    """(K, H/4, W/4) scores with a street scene's regions: softened one-hot of a rendered label map."""
+    _, labels = render_scene(np.random.default_rng(0), height // 4, width // 4, style="game")
+    onehot = torch.nn.functional.one_hot(torch.from_numpy(labels.astype(np.int64)).clamp_max(NUM_CLASSES - 1),
+                                         NUM_CLASSES).permute(2, 0, 1).float()
+    return torch.nn.functional.avg_pool2d(onehot[None], 5, 1, 2)[0] + 0.01
+
+
 def measure_row(pipeline: SegmentationPipeline, writer: object, rgb: np.ndarray, scores: torch.Tensor, kind: str,
                 reps: int) -> dict:
     """Median ms of every stage for one input size and kind."""
@@ -68,19 +78,21 @@ def measure_row(pipeline: SegmentationPipeline, writer: object, rgb: np.ndarray,
         jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].reshape(-1)
         wire = CompressedImage_(header, "jpeg", jpeg).serialize()
     msg = msg_type.deserialize(wire)
-    result = _to_result(scores, None)
+    size = (height, width)
+    result = labels_from_lowres(scores, size, size, size)
     timing = FrameTiming()
     labels = OutputImage("mono8", result.labels)
     row = {
         "receive": median_ms(lambda: msg_type.deserialize(wire), reps),
         "decode": median_ms(lambda: message_to_rgb(msg), reps),
         "preproc": median_ms(lambda: normalize(rgb), reps),
-        "postproc": median_ms(lambda: _to_result(scores, None), reps),
+        "postproc": median_ms(lambda: labels_from_lowres(scores, size, size, size, with_confidence=False), reps),
+        "+conf": median_ms(lambda: labels_from_lowres(scores, size, size, size), reps),
         "encode": median_ms(lambda: pipeline.encode(0, header, rgb, result, Wanted(), timing), reps),
         "+extras": median_ms(lambda: pipeline.encode(0, header, rgb, result, Wanted(True, True, True), timing), reps),
         "publish": median_ms(lambda: writer.write(to_dds_image(header, labels)), reps),
     }
-    row["label path"] = row["receive"] + row["decode"] + row["encode"] + row["publish"]
+    row["label path"] = sum(row[k] for k in ("receive", "decode", "preproc", "postproc", "encode", "publish"))
     return row
 
 
@@ -96,11 +108,11 @@ def stage_table(reps: int) -> None:
     dp = DomainParticipant(1 + os.getpid() % 200)
     writer = DataWriter(dp, Topic(dp, "rt/bench/mfuser/labels", Image_), qos=dds_qos("reliable", 1))
     pipeline = SegmentationPipeline(segmenter=None)
-    columns = ["receive", "decode", "preproc", "postproc", "encode", "+extras", "publish", "label path"]
+    columns = ["receive", "decode", "preproc", "postproc", "+conf", "encode", "+extras", "publish", "label path"]
     print(f"{'input':>16} " + " ".join(f"{c:>10}" for c in columns))
     for height, width in SIZES:
         rgb = scene(height, width)
-        scores = torch.rand(1, NUM_CLASSES, height, width)
+        scores = scene_scores(height, width)
         for kind in ("rgb8", "jpeg"):
             row = measure_row(pipeline, writer, rgb, scores, kind, reps)
             print(f"{f'{width}x{height} {kind}':>16} " + " ".join(f"{row[c]:10.2f}" for c in columns))
