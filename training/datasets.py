@@ -213,6 +213,15 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return f"{type(self).__name__}(root={str(self.root)!r}, items={len(self)})"
 
 
+def _decode_cityscapes_ids(path: Path, train_ids: bool) -> np.ndarray:
+    """A Cityscapes-id label PNG (GTAV and Cityscapes share them) -> train ids; ``train_ids``: already converted."""
+    raw = _read_label_png(path)
+    if raw.ndim == 3:
+        msg = f"{path}: expected a single-channel/palette label PNG, found {raw.shape[2]} channels"
+        raise DatasetError(msg)
+    return (_IDENTITY_LUT if train_ids else _CITYSCAPES_LUT)[raw.astype(np.uint8, copy=False)]
+
+
 class GTAVDataset(SegmentationDataset):
     """GTAV (Playing for Data): ``images/*.png`` with ``labels/*.png`` labelIds (palette PNGs) or converted
     ``labels/*_labelTrainIds.png``; the kind is detected from the label folder."""
@@ -227,11 +236,7 @@ class GTAVDataset(SegmentationDataset):
         self._pair(images, lambda p: lbl_dir / f"{p.stem}{suffix}", [p.stem for p in images], img_dir)
 
     def _decode_label(self, path: Path) -> np.ndarray:
-        raw = _read_label_png(path)
-        if raw.ndim == 3:
-            msg = f"{path}: expected a single-channel/palette label PNG, found {raw.shape[2]} channels"
-            raise DatasetError(msg)
-        return (_IDENTITY_LUT if self.train_ids else _CITYSCAPES_LUT)[raw.astype(np.uint8, copy=False)]
+        return _decode_cityscapes_ids(path, self.train_ids)
 
 
 class SynthiaDataset(SegmentationDataset):
@@ -279,11 +284,7 @@ class CityscapesDataset(SegmentationDataset):
         self.stats_dir = gt_dir
 
     def _decode_label(self, path: Path) -> np.ndarray:
-        raw = _read_label_png(path)
-        if raw.ndim == 3:
-            msg = f"{path}: expected a single-channel label PNG, found {raw.shape[2]} channels"
-            raise DatasetError(msg)
-        return (_IDENTITY_LUT if self.train_ids else _CITYSCAPES_LUT)[raw.astype(np.uint8, copy=False)]
+        return _decode_cityscapes_ids(path, self.train_ids)
 
 
 class BDD100KDataset(SegmentationDataset):
