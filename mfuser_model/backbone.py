@@ -120,13 +120,6 @@ class FusedBackbone(nn.Module):
         self._vfm = TokenStream(self.vfm)
         self._vlm = TokenStream(self.vlm, double_class_embedding=vlm_kind == "clip")
 
-    def trainable_modules(self) -> list[nn.Module]:
-        """The parts MFuser trains: fusers, CLIP projections and the pyramid."""
-        mods: list[nn.Module] = [self.fusers, self.pyramid]
-        if self.vlm_kind == "clip":
-            mods += [self.adapter_proj1, self.adapter_proj2, self.adapter_proj3]
-        return mods
-
     def _fuse(self, index: int, v: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         v = self._vfm.block(index, v)
         t = self._vlm.block(index, t)

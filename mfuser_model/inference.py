@@ -49,11 +49,16 @@ def _pad_to(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.pad(images, (0, pad_w, 0, pad_h))  # zero = the dataset mean after normalisation
 
 
+def _padded_size(images: torch.Tensor, multiple: int) -> tuple[int, int]:
+    """(H, W) of ``images`` rounded up to a multiple of ``multiple``."""
+    h, w = images.shape[-2:]
+    return -(-h // multiple) * multiple, -(-w // multiple) * multiple
+
+
 def whole_scores(score_fn: ScoreFn, images: torch.Tensor, multiple: int) -> torch.Tensor:
     """Scores of whole images, padded up to a multiple of ``multiple`` and cropped back: (B, K, H, W)."""
     h, w = images.shape[-2:]
-    ph, pw = -(-h // multiple) * multiple, -(-w // multiple) * multiple
-    return score_fn(_pad_to(images, ph, pw))[..., :h, :w]
+    return score_fn(_pad_to(images, *_padded_size(images, multiple)))[..., :h, :w]
 
 
 def slide_scores(score_fn: ScoreFn, images: torch.Tensor, crop_size: int, stride: int,
@@ -131,8 +136,7 @@ class Segmenter:
     @torch.no_grad()
     def lowres_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Whole-image scores at the mask resolution: (B, K, h, w) float32 and the padded input size."""
-        h, w = images.shape[-2:]
-        padded = (-(-h // self.multiple) * self.multiple, -(-w // self.multiple) * self.multiple)
+        padded = _padded_size(images, self.multiple)
         with self._autocast():
             low = self.model.predict_lowres(_pad_to(images.to(self.device), *padded))
         return low.float(), padded
