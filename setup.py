@@ -51,7 +51,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["mfuser_model*", "mfuser_ros*", "training*"]),
     include_package_data=True,
-    package_data={"mfuser_model": ["ops/csrc/*.cpp"]},  # the native selective scan compiles from it at first use
+    # The native selective scan compiles from these sources at first use.
+    package_data={"mfuser_model": ["ops/csrc/*.cpp", "ops/csrc/*.h"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -63,16 +64,16 @@ setup(
     extras_require=EXTRAS,
     zip_safe=False,
     entry_points={"console_scripts": [
-        "mfuser_node = mfuser_ros.node:main",
-        "mfuser-node = mfuser_ros.cli:main",
+        "mfuser_node = mfuser_ros.node.lifecycle_node:main",
+        "mfuser-node = mfuser_ros.node.cli:main",
         "mfuser-segment = mfuser_model.segment_cli:main",
-        "mfuser-export = mfuser_model.export_cli:main",
+        "mfuser-export = mfuser_model.deploy.cli:main",
         "mfuser-train = training.train:main",
         "mfuser-eval = training.eval_cli:main",
         "mfuser-make-synthetic = training.make_synthetic:main",
-        "mfuser-replay = mfuser_ros.replay:main",
-        "mfuser_replay = mfuser_ros.replay:main",
-        "mfuser-make-demo-bag = mfuser_ros.make_demo_bag:main",
+        "mfuser-replay = mfuser_ros.replay.cli:main",
+        "mfuser_replay = mfuser_ros.replay.cli:main",
+        "mfuser-make-demo-bag = mfuser_ros.replay.demo_bag:main",
         "mfuser-convert = mfuser_model.weights.convert_cli:main",
     ]},
 )

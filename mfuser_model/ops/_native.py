@@ -33,7 +33,7 @@ __all__ = ["NativeKernel", "build_dir", "load"]
 
 _logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).parent / "csrc" / "selective_scan.cpp"
+SOURCE = Path(__file__).parent / "csrc" / "selective_scan.cpp"  # includes scan_rows.h and scan_vector.h beside it
 _ABI_VERSION = 6
 MAX_STATE = 256  # kMaxState in the kernel
 _SLOTS = 8  # fixed row ranges with their own dB / dC partials: the reduction order never depends on threads
@@ -78,7 +78,8 @@ def build_dir() -> Path:
 
 def _build(compiler: str) -> Path:
     """Compile the kernel into the cache (reused when the source, flags, compiler and CPU are unchanged)."""
-    source = SOURCE.read_bytes()
+    # The cache key covers the headers too: an edit to any of them rebuilds.
+    source = b"".join(f.read_bytes() for f in sorted(SOURCE.parent.glob("*.[ch]*")))
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
     errors = []
     for flags in _FLAG_SETS:
