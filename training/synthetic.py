@@ -1,4 +1,4 @@
-"""Synthetic datasets in the real folder layouts, drawn by :mod:`mfuser_model.synthetic_scenes`.
+"""Synthetic datasets in the real folder layouts, drawn by :mod:`mfuser_model.synthetic.scenes`.
 
 Writers put scenes in the layouts users download, so they load through exactly the dataset classes used for real
 data: :func:`write_gtav`, :func:`write_cityscapes`, :func:`write_bdd100k`, :func:`write_mapillary`,
@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image
 
 from mfuser_model.classes import CITYSCAPES_PALETTE, IGNORE_INDEX
-from mfuser_model.synthetic_scenes import STYLES, TERRAIN, TRAIN, TRUCK, render_scene
+from mfuser_model.synthetic.canvas import TERRAIN, TRAIN, TRUCK
+from mfuser_model.synthetic.scenes import STYLES, render_scene
 from training.label_maps import (
     MAPILLARY_NARROW,
     MAPILLARY_V12_NAMES,
