@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from mfuser_model.decode_head import MFuserHead
-from mfuser_model.decoder_backends import OnnxRuntimeDecoder, TorchDecoder
-from mfuser_model.export import decoder_input_shapes, example_decoder_inputs, export_decoder
+from mfuser_model.deploy.decoder_backends import OnnxRuntimeDecoder, TorchDecoder
+from mfuser_model.deploy.onnx_export import decoder_input_shapes, example_decoder_inputs, export_decoder
+from mfuser_model.network.decode_head import MFuserHead
 
 HEADS = {
     "tiny": ({"in_channels": 96, "text_dim": 32, "num_classes": 19, "hidden_dim": 32, "num_heads": 2,
@@ -100,7 +100,7 @@ def main(argv=None):
                 rows.append((what, "torch fp32", "cuda", t_cuda, float((got[2].cpu() - ref[2]).abs().max())))
                 head.cpu()
                 if trt_version:
-                    from mfuser_model.decoder_backends import TensorRTDecoder
+                    from mfuser_model.deploy.decoder_backends import TensorRTDecoder
 
                     cuda_tensors = [t.cuda() for t in tensors]
                     for precision in ("fp32", "fp16"):

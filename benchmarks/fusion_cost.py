@@ -16,8 +16,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mfuser_model.config import load_model_config
-from mfuser_model.mfuser import build_mfuser
-from mfuser_model.mvfuser import MVFuser
+from mfuser_model.network.mfuser import build_mfuser
+from mfuser_model.network.mvfuser import MVFuser
 
 D, L, BATCH = 1024, 2594, 2
 PAPER = {"MVFuser": (1.67e6, 17.21e9), "self-attention": (4.2e6, 98.64e9)}

@@ -4,7 +4,7 @@
 
 Stages per frame (median ms over ``--reps``), for 640x480, 1280x720 and 1920x1080, raw rgb8 and jpeg input:
 - receive:     CDR bytes -> message object (what the DDS reader does; rclpy does this in C)
-- decode:      message -> (H, W, 3) RGB (mfuser_ros.conversions)
+- decode:      message -> (H, W, 3) RGB (mfuser_ros.node.conversions)
 - preprocess:  RGB -> normalised (1, 3, H, W) tensor (mfuser_model.preprocess.normalize, inside the Segmenter)
 - postprocess: the network's (K, H/4, W/4) class scores -> labels at the input size (the Segmenter's whole-image
                path, mfuser_model.inference.labels_from_lowres: bilinear arg-max, K = 19, scores shaped like a
@@ -31,9 +31,9 @@ import torch
 
 from mfuser_model.inference import labels_from_lowres
 from mfuser_model.preprocess import normalize
-from mfuser_model.synthetic_scenes import render_scene
-from mfuser_ros.conversions import OutputImage, message_to_rgb
-from mfuser_ros.pipeline import FrameTiming, SegmentationPipeline, Wanted
+from mfuser_model.synthetic.scenes import render_scene
+from mfuser_ros.node.conversions import OutputImage, message_to_rgb
+from mfuser_ros.node.pipeline import FrameTiming, SegmentationPipeline, Wanted
 
 SIZES = [(480, 640), (720, 1280), (1080, 1920)]
 NUM_CLASSES = 19
@@ -66,7 +66,7 @@ def scene_scores(height: int, width: int) -> torch.Tensor:
 def measure_row(pipeline: SegmentationPipeline, writer: object, rgb: np.ndarray, scores: torch.Tensor, kind: str,
                 reps: int) -> dict:
     """Median ms of every stage for one input size and kind."""
-    from mfuser_ros.dds import CompressedImage_, Header_, Image_, Time_, to_dds_image
+    from mfuser_ros.node.dds import CompressedImage_, Header_, Image_, Time_, to_dds_image
 
     height, width = rgb.shape[:2]
     header = Header_(Time_(1, 2), "camera_optical")
@@ -102,7 +102,7 @@ def stage_table(reps: int) -> None:
     from cyclonedds.pub import DataWriter
     from cyclonedds.topic import Topic
 
-    from mfuser_ros.dds import Image_, dds_qos
+    from mfuser_ros.node.dds import Image_, dds_qos
 
     # A real DDS writer (loopback only, no reader): publish = message build + CDR serialization + Cyclone's write.
     dp = DomainParticipant(1 + os.getpid() % 200)
@@ -124,7 +124,7 @@ def _participant_pair(domain_id: int, out_topic: str, in_topic: str):
     from cyclonedds.sub import DataReader
     from cyclonedds.topic import Topic
 
-    from mfuser_ros.dds import Image_, dds_qos
+    from mfuser_ros.node.dds import Image_, dds_qos
 
     dp = DomainParticipant(domain_id)
     writer = DataWriter(dp, Topic(dp, out_topic, Image_), qos=dds_qos("reliable", 1))
@@ -154,7 +154,7 @@ def round_trip(frames: int) -> None:
     from cyclonedds.sub import ReadCondition
     from cyclonedds.util import duration
 
-    from mfuser_ros.dds import Header_, Image_, Time_
+    from mfuser_ros.node.dds import Header_, Image_, Time_
 
     domain_id = 1 + os.getpid() % 200
     proc = subprocess.Popen([sys.executable, __file__, "--echo", str(domain_id)], stdout=subprocess.PIPE, text=True,
@@ -197,7 +197,7 @@ def main() -> None:
     parser.add_argument("--no-dds", action="store_true")
     parser.add_argument("--echo", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    from mfuser_ros.dds import loopback_uri
+    from mfuser_ros.node.dds import loopback_uri
 
     os.environ["CYCLONEDDS_URI"] = loopback_uri()  # this benchmark never needs traffic off the host
     if args.echo is not None:

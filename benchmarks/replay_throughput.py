@@ -28,12 +28,12 @@ from pathlib import Path
 
 import torch
 
-from mfuser_ros.bagio import BagInput
-from mfuser_ros.config import NodeConfig
-from mfuser_ros.conversions import message_to_rgb
-from mfuser_ros.make_demo_bag import DemoCamera, make_demo_bag
-from mfuser_ros.model_loader import load_model
-from mfuser_ros.replay import ReplayOptions, find_camera_topics, run_replay
+from mfuser_ros.node.config import NodeConfig
+from mfuser_ros.node.conversions import message_to_rgb
+from mfuser_ros.node.model_loader import load_model
+from mfuser_ros.replay.bagio import BagInput
+from mfuser_ros.replay.demo_bag import DemoCamera, make_demo_bag
+from mfuser_ros.replay.runner import ReplayOptions, find_camera_topics, run_replay
 
 
 def model_batches(bag: Path, max_batch: int) -> list[list]:

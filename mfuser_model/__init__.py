@@ -1,11 +1,14 @@
 """MFuser: the network, its ops, weights I/O, inference, metrics and export. Imports neither ROS nor training.
 
-Entry points (import the module you need; this package imports nothing heavy on its own):
-- ``mfuser_model.checkpoint``: ``build_model(preset=..., checkpoint=...)``, ``load_model``, ``save_model``.
-- ``mfuser_model.inference``: ``Segmenter`` (numpy RGB in, uint8 labels and confidence out; whole or sliding window).
-- ``mfuser_model.mfuser``: the ``MFuser`` module; ``backbone``, ``mvfuser``, ``context_decoder``, ``decode_head``
-  its parts; ``ops.selective_scan`` the scan with CUDA, native CPU and pure-PyTorch backends.
-- ``mfuser_model.weights``: public backbone checkpoints and the authors' released MFuser checkpoints.
-- ``mfuser_model.metrics``: the confusion matrix and mIoU used by training and replay alike.
-- ``mfuser_model.export`` / ``decoder_backends`` / ``tensorrt_engine``: the decoder as ONNX and TensorRT.
+The tree (dependencies run down this list, never up):
+- ``network/``: the nn.Modules, in the order the data flows (encoders, mvfuser, backbone, text, context_decoder,
+  position_encoding, pixel_decoder, decode_head, mfuser). ``ops/``: selective scan and deformable attention.
+- ``weights/``: public backbone checkpoints and the authors' released MFuser checkpoints, ``mfuser-convert``.
+- ``config``, ``config_io``, ``checkpoint``: model presets, strict dataclass configs, whole-model files.
+- ``inference``: ``Segmenter`` (numpy RGB in, uint8 labels and confidence out; whole or sliding window).
+- ``metrics``, ``classes``: the confusion matrix and mIoU used by training and replay alike; class names, palette.
+- ``deploy/``: the decoder as ONNX and TensorRT, runtime decoder backends, ``mfuser-export``.
+- ``synthetic/``: procedural street scenes with exact labels (test and demo data, not part of the model).
+
+Import the module you need; this package imports nothing heavy on its own.
 """

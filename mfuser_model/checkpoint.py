@@ -19,7 +19,7 @@ from mfuser_model.config import ModelConfig, load_model_config
 from mfuser_model.config_io import dataclass_from_dict, dataclass_to_dict
 from mfuser_model.errors import CheckpointError, ConfigError
 from mfuser_model.fileio import atomic_path
-from mfuser_model.mfuser import MFuser, build_mfuser
+from mfuser_model.network.mfuser import MFuser, build_mfuser
 
 __all__ = ["FORMAT", "build_model", "load_model", "read_model_metadata", "save_model"]
 

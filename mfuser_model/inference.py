@@ -4,8 +4,11 @@ Two modes, as the reference evaluates:
 - ``whole``: the image at its own size (padded to a multiple of the token grid's pooling step), one forward.
 - ``slide``: ``crop_size`` windows every ``stride`` pixels (512 / 341 in the paper); per-window class scores
   are averaged where windows overlap. Windows of a small image are padded to the crop size.
-The text encoder's output is cached between calls (see :class:`mfuser_model.text.PromptTextEncoder`), so only
+The text encoder's output is cached between calls (see :class:`mfuser_model.network.text.PromptTextEncoder`), so only
 the image-dependent parts run per window.
+
+To run the decode head on onnxruntime or TensorRT, build the Segmenter with
+:func:`mfuser_model.deploy.decoder_backends.build_segmenter` (deployment depends on inference, never the reverse).
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ __all__ = [
     "Precision",
     "SegmentationResult",
     "Segmenter",
-    "build_segmenter",
     "labels_from_lowres",
     "slide_scores",
     "whole_scores",
@@ -83,7 +85,7 @@ class Segmenter:
     """Wraps an MFuser (or anything with its ``predict``) for numpy-in, labels-out use.
 
     Args:
-        model: an :class:`~mfuser_model.mfuser.MFuser`; it is put in eval mode and moved to ``device``.
+        model: an :class:`~mfuser_model.network.mfuser.MFuser`; it is put in eval mode and moved to ``device``.
         mode: ``"whole"`` or ``"slide"``.
         crop_size, stride: the sliding window (defaults: the model's training crop, and 2/3 of it).
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
@@ -177,16 +179,6 @@ class Segmenter:
     def segment(self, image: np.ndarray, output_size: tuple[int, int] | None = None) -> SegmentationResult:
         """Segment one (H, W, 3) uint8 RGB image."""
         return self.segment_batch([image], [output_size])[0]
-
-
-def build_segmenter(model: torch.nn.Module, *, decoder_backend: str = "torch", **kwargs: object) -> Segmenter:
-    """A Segmenter whose decode head runs on ``torch``, ``onnxruntime`` or ``tensorrt``.
-
-    See :func:`mfuser_model.decoder_backends.build_segmenter` (imported here lazily: it pulls in the exporters).
-    """
-    from mfuser_model.decoder_backends import build_segmenter as _build  # noqa: PLC0415
-
-    return _build(model, decoder_backend=decoder_backend, **kwargs)
 
 
 def _source_index(size_in: int, size_out: int, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

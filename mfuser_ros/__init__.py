@@ -1,12 +1,9 @@
 """MFuser on ROS 2: camera images in, semantic label images out.
 
-Modules (only ``node`` imports rclpy; only ``dds`` imports cyclonedds):
-- ``config``: NodeConfig, the node's parameters, loaded strictly from a ROS 2 parameter file.
-- ``conversions``: sensor_msgs/Image and CompressedImage <-> numpy (matches rosbags-image), output images.
-- ``pipeline``: decode -> model -> encode, the latest-frame worker with cross-camera batching.
-- ``stats``: per-camera statistics and /diagnostics statuses.
-- ``model_loader``: builds the segmenter for a NodeConfig and releases it.
-- ``node``: the rclpy lifecycle node (``ros2 run mfuser_ros mfuser_node``).
-- ``dds``: the same node over bare cyclonedds with ROS 2 wire conventions (``mfuser-node --transport dds``).
-- ``cli``: the ``mfuser-node`` command.
+Two sides, dependencies one way (replay -> node -> mfuser_model):
+- ``mfuser_ros.node``: the live node (config, conversions, pipeline, stats, model loading, the rclpy lifecycle node,
+  the bare-DDS transport and the ``mfuser-node`` command). Only ``node.lifecycle_node`` imports rclpy; only
+  ``node.dds`` imports cyclonedds.
+- ``mfuser_ros.replay``: rosbag replay evaluation (bag I/O, the runner, evaluation and report, ``mfuser-replay``,
+  the demo bag maker).
 """

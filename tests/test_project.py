@@ -14,15 +14,21 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _imports(path: Path) -> set[str]:
+def _modules_imported(path: Path) -> set[str]:
+    """Every absolute module path ``path`` imports, at any depth (lazy imports inside functions included)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
+            names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
+
+
+def _imports(path: Path) -> set[str]:
+    return {name.split(".")[0] for name in _modules_imported(path)}
 
 
 def test_code_is_ruff_clean():
@@ -45,10 +51,33 @@ def test_packages_respect_their_import_boundaries(package, forbidden):
     assert offenders == {}
 
 
+@pytest.mark.parametrize(("folder", "forbidden"), [
+    ("mfuser_model/network", ("mfuser_model.inference", "mfuser_model.deploy", "mfuser_model.synthetic")),
+    ("mfuser_model/ops", ("mfuser_model.network", "mfuser_model.inference", "mfuser_model.deploy")),
+    ("mfuser_model/inference.py", ("mfuser_model.deploy",)),
+    ("mfuser_ros/node", ("mfuser_ros.replay",)),
+])
+def test_dependencies_run_one_way(folder, forbidden):
+    path = ROOT / folder
+    files = [path] if path.is_file() else sorted(path.rglob("*.py"))
+    assert files
+    offenders = {str(f.relative_to(ROOT)): sorted(m for m in _modules_imported(f) if m.startswith(forbidden))
+                 for f in files}
+    assert {f: m for f, m in offenders.items() if m} == {}
+
+
+def test_no_source_file_is_over_600_lines():
+    sources = [p for pkg in ("mfuser_model", "training", "mfuser_ros")
+               for pattern in ("*.py", "*.cpp", "*.h") for p in (ROOT / pkg).rglob(pattern)]
+    long = {str(p.relative_to(ROOT)): n for p in sources
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 600}
+    assert long == {}
+
+
 def test_only_the_node_module_imports_rclpy():
     users = sorted(str(p.relative_to(ROOT)) for pkg in ("mfuser_model", "training", "mfuser_ros")
                    for p in (ROOT / pkg).rglob("*.py") if "rclpy" in _imports(p))
-    assert users == ["mfuser_ros/node.py"]
+    assert users == ["mfuser_ros/node/lifecycle_node.py"]
 
 
 def test_console_scripts_resolve_to_callables():
@@ -58,7 +87,7 @@ def test_console_scripts_resolve_to_callables():
     entries = re.findall(r'"([\w-]+) = ([\w.]+):(\w+)"', text)
     assert entries, "setup.py declares console scripts"
     for name, module, func in entries:
-        if module == "mfuser_ros.node":
+        if module == "mfuser_ros.node.lifecycle_node":
             continue  # imports rclpy, absent here; its module is checked by the ROS tests
         assert callable(getattr(importlib.import_module(module), func)), name
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from mfuser_model.classes import colorize
 from mfuser_model.inference import Segmenter
 from mfuser_model.metrics import ConfusionMatrix, format_table
-from mfuser_model.mfuser import MFuser
+from mfuser_model.network.mfuser import MFuser
 from training.config import DatasetSpec, EvalConfig
 from training.datasets import (
     BDD100KDataset,

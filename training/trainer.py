@@ -36,7 +36,7 @@ from mfuser_model.checkpoint import save_model
 from mfuser_model.config import ModelConfig, load_model_config
 from mfuser_model.config_io import dataclass_to_dict
 from mfuser_model.errors import CheckpointError, MFuserError
-from mfuser_model.mfuser import MFuser, build_mfuser
+from mfuser_model.network.mfuser import MFuser, build_mfuser
 from training.checkpointing import (
     capture_rng_state,
     checkpoint_path,

@@ -33,7 +33,7 @@ import torch
 from mfuser_model.checkpoint import load_state_dict_strict, save_model
 from mfuser_model.config import ModelConfig, load_model_config
 from mfuser_model.errors import ConfigError, MFuserError
-from mfuser_model.mfuser import MFuser, build_mfuser, tokenize_class_names
+from mfuser_model.network.mfuser import MFuser, build_mfuser, tokenize_class_names
 from mfuser_model.weights.backbones import load_dinov2, load_vlm
 from mfuser_model.weights.io import read_state_dict
 from mfuser_model.weights.mfuser_release import model_from_release

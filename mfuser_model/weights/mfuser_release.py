@@ -24,9 +24,9 @@ from their pretrained files. Numbers are copied as stored, because the project's
 reference computes with the reference's own parameters:
 
 1. MVFuser delta bias: the reference applies ``dt_proj`` *with* its bias and passes the bias again as the scan's
-   ``delta_bias`` (its step is ``softplus(W dt + 2 b)``); :class:`~mfuser_model.mvfuser.MVFuser` does the same.
+   ``delta_bias`` (its step is ``softplus(W dt + 2 b)``); :class:`~mfuser_model.network.mvfuser.MVFuser` does the same.
 2. CLIP class token: the reference adds ``class_embedding`` to the CLS token and again to its position row;
-   the project's CLIP stream (:class:`~mfuser_model.encoders.TokenStream`) adds it twice too.
+   the project's CLIP stream (:class:`~mfuser_model.network.encoders.TokenStream`) adds it twice too.
 3. MVFuser ``scale`` is a 0-d tensor in the reference and a ``(1,)`` tensor here (reshaped).
 """
 
@@ -42,9 +42,9 @@ import torch
 
 from mfuser_model.checkpoint import load_state_dict_strict
 from mfuser_model.config import ModelConfig
-from mfuser_model.encoders import VLMKind
 from mfuser_model.errors import CheckpointError, ConfigError
-from mfuser_model.mfuser import MFuser, build_mfuser, tokenize_class_names
+from mfuser_model.network.encoders import VLMKind
+from mfuser_model.network.mfuser import MFuser, build_mfuser, tokenize_class_names
 from mfuser_model.weights.backbones import convert_dinov2, convert_vlm, load_dinov2, load_vlm
 from mfuser_model.weights.io import read_state_dict
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from mfuser_model.decode_head import HeadOutput, MFuserHead, mask_attention_bias, semantic_scores
-from mfuser_model.position_encoding import sine_position_encoding
+from mfuser_model.network.decode_head import HeadOutput, MFuserHead, mask_attention_bias, semantic_scores
+from mfuser_model.network.position_encoding import sine_position_encoding
 
 TINY = {
     "in_channels": 16,

@@ -16,9 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from mfuser_model.decode_head import HeadOutput, MFuserHead, semantic_scores
-from mfuser_model.errors import ConfigError, MFuserError
-from mfuser_model.export import (
+from mfuser_model.deploy.onnx_export import (
     DECODER_INPUTS,
     DECODER_OUTPUTS,
     decoder_input_shapes,
@@ -26,7 +24,7 @@ from mfuser_model.export import (
     export_decoder,
     read_onnx_io,
 )
-from mfuser_model.tensorrt_engine import (
+from mfuser_model.deploy.tensorrt_engine import (
     CalibrationData,
     Profile,
     default_engine_path,
@@ -36,6 +34,8 @@ from mfuser_model.tensorrt_engine import (
     sidecar_path,
     write_engine,
 )
+from mfuser_model.errors import ConfigError, MFuserError
+from mfuser_model.network.decode_head import HeadOutput, MFuserHead, semantic_scores
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -113,7 +113,7 @@ def test_export_writes_named_five_input_graph_with_grid_sample_at_opset_17(dynam
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_onnxruntime_backend_matches_pytorch_head_at_any_batch(tiny_head, dynamic_export, batch):
-    from mfuser_model.decoder_backends import OnnxRuntimeDecoder
+    from mfuser_model.deploy.decoder_backends import OnnxRuntimeDecoder
 
     shapes = decoder_input_shapes(in_channels=96, text_dim=32, num_classes=19, grid=GRID, batch=batch)
     inputs = example_decoder_inputs(shapes, seed=batch)
@@ -123,7 +123,7 @@ def test_onnxruntime_backend_matches_pytorch_head_at_any_batch(tiny_head, dynami
 
 
 def test_backends_return_the_final_stage_as_a_head_output(tiny_head, dynamic_export):
-    from mfuser_model.decoder_backends import OnnxRuntimeDecoder, TorchDecoder
+    from mfuser_model.deploy.decoder_backends import OnnxRuntimeDecoder, TorchDecoder
 
     shapes = decoder_input_shapes(in_channels=96, text_dim=32, num_classes=19, grid=GRID)
     inputs = example_decoder_inputs(shapes)
@@ -140,7 +140,7 @@ def test_backends_return_the_final_stage_as_a_head_output(tiny_head, dynamic_exp
 
 
 def test_fixed_size_export_rejects_another_spatial_size_naming_the_input(dynamic_export):
-    from mfuser_model.decoder_backends import OnnxRuntimeDecoder
+    from mfuser_model.deploy.decoder_backends import OnnxRuntimeDecoder
 
     shapes = decoder_input_shapes(in_channels=96, text_dim=32, num_classes=19, grid=(12, 12))
     inputs = example_decoder_inputs(shapes)
@@ -149,7 +149,7 @@ def test_fixed_size_export_rejects_another_spatial_size_naming_the_input(dynamic
 
 
 def test_whole_images_are_exported_at_the_size_the_segmenter_pads_them_to():
-    from mfuser_model.export import whole_image_size
+    from mfuser_model.deploy.onnx_export import whole_image_size
 
     assert whole_image_size(150, 190, 14) == (168, 196)
     assert whole_image_size(512, 1024, 16) == (512, 1024)
@@ -163,7 +163,7 @@ def test_export_refuses_opsets_without_grid_sample(tiny_head, tmp_path):
 
 
 def test_per_shape_backend_exports_once_per_size_into_the_cache(tmp_path):
-    from mfuser_model.decoder_backends import OnnxRuntimeDecoder, PerShapeDecoder
+    from mfuser_model.deploy.decoder_backends import OnnxRuntimeDecoder, PerShapeDecoder
 
     torch.manual_seed(1)
     head = MFuserHead(**{**TINY_HEAD, "num_decoder_layers": 1, "num_pixel_decoder_layers": 1}).eval()
@@ -184,7 +184,7 @@ def test_per_shape_backend_exports_once_per_size_into_the_cache(tmp_path):
 def eva02(tmp_path_factory):
     """A random tiny-eva02 saved as a whole-model file, and that file exported by mfuser-export --verify."""
     from mfuser_model.checkpoint import build_model, save_model
-    from mfuser_model.export_cli import main
+    from mfuser_model.deploy.cli import main
 
     torch.manual_seed(0)
     model = build_model("tiny-eva02").eval()
@@ -216,8 +216,8 @@ def test_cli_exports_a_checkpoint_and_verifies_it_against_pytorch(eva02):
 @pytest.mark.parametrize("preset", ["tiny-clip", "tiny-siglip"])  # tiny-eva02: the CLI test above
 def test_tiny_preset_decoders_match_pytorch_in_onnxruntime(preset, tmp_path):
     from mfuser_model.checkpoint import build_model
-    from mfuser_model.decoder_backends import OnnxRuntimeDecoder
-    from mfuser_model.export import capture_decoder_inputs, export_model_decoder
+    from mfuser_model.deploy.decoder_backends import OnnxRuntimeDecoder
+    from mfuser_model.deploy.onnx_export import capture_decoder_inputs, export_model_decoder
 
     torch.manual_seed(0)
     model = build_model(preset).eval()
@@ -230,8 +230,8 @@ def test_tiny_preset_decoders_match_pytorch_in_onnxruntime(preset, tmp_path):
 
 
 def test_segmenter_with_onnxruntime_decoder_matches_pytorch_and_detaches(eva02):
-    from mfuser_model.decoder_backends import DecoderBackend, detach_decoder_backend
-    from mfuser_model.inference import Segmenter, build_segmenter
+    from mfuser_model.deploy.decoder_backends import DecoderBackend, build_segmenter, detach_decoder_backend
+    from mfuser_model.inference import Segmenter
 
     model, onnx_path, _, _ = eva02
     rng = np.random.default_rng(0)
@@ -250,8 +250,7 @@ def test_segmenter_with_onnxruntime_decoder_matches_pytorch_and_detaches(eva02):
 
 
 def test_decoder_backend_names_are_checked():
-    from mfuser_model.decoder_backends import make_decoder_backend
-    from mfuser_model.inference import build_segmenter
+    from mfuser_model.deploy.decoder_backends import build_segmenter, make_decoder_backend
 
     with pytest.raises(ConfigError, match="decoder_backend must be one of"):
         make_decoder_backend("openvino")
@@ -363,8 +362,8 @@ def no_tensorrt(monkeypatch):
 
 
 def test_missing_tensorrt_names_the_package_and_nvidias_index(no_tensorrt, dynamic_export):
-    from mfuser_model.decoder_backends import make_decoder_backend
-    from mfuser_model.tensorrt_engine import ensure_engine, require_tensorrt
+    from mfuser_model.deploy.decoder_backends import make_decoder_backend
+    from mfuser_model.deploy.tensorrt_engine import ensure_engine, require_tensorrt
 
     with pytest.raises(MFuserError, match=r"'tensorrt'.*pypi\.nvidia\.com"):
         require_tensorrt()
@@ -377,7 +376,7 @@ def test_missing_tensorrt_names_the_package_and_nvidias_index(no_tensorrt, dynam
 
 
 def test_cli_fails_fast_without_tensorrt_before_exporting(no_tensorrt, tmp_path, capsys):
-    from mfuser_model.export_cli import main
+    from mfuser_model.deploy.cli import main
 
     code = main(["--preset", "tiny-eva02", "--output", str(tmp_path / "d.onnx"), "--tensorrt", "--build-only"])
     assert code == 1
@@ -396,7 +395,7 @@ def test_cli_fails_fast_without_tensorrt_before_exporting(no_tensorrt, tmp_path,
     (["--preset", "tiny-eva02", "--checkpoint", "m.safetensors", "--output", "d.onnx"], "not allowed with"),
 ])
 def test_cli_rejects_bad_argument_combinations(argv, message, capsys):
-    from mfuser_model.export_cli import main
+    from mfuser_model.deploy.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -410,7 +409,7 @@ def test_cli_rejects_bad_argument_combinations(argv, message, capsys):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="TensorRT needs a CUDA device")
 @pytest.mark.skipif(not _tensorrt_installed(), reason="tensorrt (NVIDIA's index) is not installed")
 def test_tensorrt_engine_builds_once_caches_and_matches_pytorch(tiny_head, dynamic_export):
-    from mfuser_model.decoder_backends import TensorRTDecoder
+    from mfuser_model.deploy.decoder_backends import TensorRTDecoder
 
     backend = TensorRTDecoder(dynamic_export.path, precision="fp32", max_batch=2, device="cuda")
     assert backend.status.rebuilt

@@ -30,7 +30,7 @@ def test_matches_cityscapes_official_evaluator(tmp_path):
     ev = pytest.importorskip("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling")
     from cityscapesscripts.helpers.labels import labels as cs_labels
 
-    from mfuser_model.synthetic_scenes import render_scene
+    from mfuser_model.synthetic.scenes import render_scene
     from training.label_maps import CITYSCAPES_LABEL_TO_TRAIN, TRAIN_TO_CITYSCAPES_LABEL, build_lut
 
     args = ev.args

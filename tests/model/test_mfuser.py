@@ -8,10 +8,10 @@ import torch
 
 from mfuser_model.checkpoint import build_model, load_model, save_model
 from mfuser_model.config import load_model_config
-from mfuser_model.context_decoder import ContextDecoder, MTEnhancer
 from mfuser_model.errors import CheckpointError, ConfigError
 from mfuser_model.inference import Segmenter
-from mfuser_model.mvfuser import MVFuser
+from mfuser_model.network.context_decoder import ContextDecoder, MTEnhancer
+from mfuser_model.network.mvfuser import MVFuser
 
 VARIANTS = ["tiny-eva02", "tiny-clip", "tiny-siglip"]
 

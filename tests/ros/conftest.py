@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mfuser_ros.config import NodeConfig
+from mfuser_ros.node.config import NodeConfig
 
 rosbags_typesys = pytest.importorskip("rosbags.typesys", reason="rosbags is part of the [ros] extra")
 
@@ -73,7 +73,7 @@ def scene():
 def tiny_model():
     """The real tiny-eva02 model behind a pipeline (random weights, seeded), loaded once per session."""
     torch = pytest.importorskip("torch")
-    from mfuser_ros.model_loader import load_model
+    from mfuser_ros.node.model_loader import load_model
 
     torch.manual_seed(0)
     return load_model(NodeConfig(preset="tiny-eva02", warmup=False))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from mfuser_ros.cli import main
+from mfuser_ros.node.cli import main
 
 
 def test_invalid_parameter_exits_2_naming_it(tmp_path, capsys):

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from mfuser_model.errors import ConfigError
-from mfuser_ros.config import (
+from mfuser_ros.node.config import (
     NodeConfig,
     camera_namespace,
     is_compressed_topic,

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from mfuser_model.classes import CITYSCAPES_PALETTE, colorize
-from mfuser_ros.conversions import (
+from mfuser_ros.errors import FrameError
+from mfuser_ros.node.conversions import (
     SUPPORTED_ENCODINGS,
     ImageLimits,
     compressed_to_rgb,
@@ -20,7 +21,6 @@ from mfuser_ros.conversions import (
     overlay_bgr,
     palette_lut_bgr,
 )
-from mfuser_ros.errors import FrameError
 
 rosbags_image = pytest.importorskip("rosbags.image", reason="rosbags-image is part of the [ros] extra")
 

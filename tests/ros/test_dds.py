@@ -19,8 +19,8 @@ import pytest
 pytest.importorskip("cyclonedds", reason="cyclonedds is part of the [ros] extra")
 
 from mfuser_model.classes import CITYSCAPES_CLASSES
-from mfuser_ros.conversions import image_to_rgb
-from mfuser_ros.dds import (
+from mfuser_ros.node.conversions import image_to_rgb
+from mfuser_ros.node.dds import (
     CompressedImage_,
     DiagnosticArray_,
     DiagnosticStatus_,
@@ -172,7 +172,7 @@ def node_process():
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CYCLONEDDS_URI", loopback_uri())
         env = dict(os.environ)
-        cmd = [sys.executable, "-m", "mfuser_ros.cli", "--transport", "dds", "--loopback", "--domain-id",
+        cmd = [sys.executable, "-m", "mfuser_ros.node.cli", "--transport", "dds", "--loopback", "--domain-id",
                str(domain_id), "--config", str(REPO / "config" / "mfuser_node.yaml"),
                "-p", "image_topics=[front/image_raw, rear/image_raw/compressed]", "-p", "warmup=false",
                "-p", "diagnostics_period_s=0.3", "-p", "stats_window_s=60.0", "-p", "log_throttle_s=60.0",
@@ -307,9 +307,9 @@ def test_optional_outputs_are_wanted_only_while_a_reader_is_matched(monkeypatch)
     from cyclonedds.sub import DataReader
     from cyclonedds.topic import Topic
 
-    from mfuser_ros.config import NodeConfig
-    from mfuser_ros.dds import _DdsSink
-    from mfuser_ros.pipeline import Wanted
+    from mfuser_ros.node.config import NodeConfig
+    from mfuser_ros.node.dds import _DdsSink
+    from mfuser_ros.node.pipeline import Wanted
 
     monkeypatch.setenv("CYCLONEDDS_URI", loopback_uri())
     dp = DomainParticipant(1 + (os.getpid() + 100) % 200)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from mfuser_model.errors import ConfigError
-from mfuser_ros.config import NodeConfig
-from mfuser_ros.model_loader import load_model, release_model
+from mfuser_ros.node.config import NodeConfig
+from mfuser_ros.node.model_loader import load_model, release_model
 
 torch = pytest.importorskip("torch")
 

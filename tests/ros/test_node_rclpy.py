@@ -20,7 +20,7 @@ from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from mfuser_ros.node import MFuserNode, ros_qos  # noqa: E402
+from mfuser_ros.node.lifecycle_node import MFuserNode, ros_qos  # noqa: E402
 
 pytestmark = pytest.mark.ros
 

@@ -10,8 +10,8 @@ import pytest
 
 from mfuser_model.classes import CITYSCAPES_PALETTE, colorize
 from mfuser_ros.errors import FrameError
-from mfuser_ros.pipeline import FrameFailure, FrameWorker, SegmentationPipeline, Wanted, stamp_ns
-from mfuser_ros.stats import ERROR, DiagnosticThresholds
+from mfuser_ros.node.pipeline import FrameFailure, FrameWorker, SegmentationPipeline, Wanted, stamp_ns
+from mfuser_ros.node.stats import ERROR, DiagnosticThresholds
 
 ALL = Wanted(color=True, overlay=True, confidence=True)
 NONE = Wanted()

@@ -15,10 +15,11 @@ import pytest
 
 from mfuser_model.classes import CITYSCAPES_LABEL_TO_TRAIN
 from mfuser_model.metrics import ConfusionMatrix
-from mfuser_ros.bagio import BagInput, BagReadError
-from mfuser_ros.config import NodeConfig
-from mfuser_ros.pipeline import Wanted
-from mfuser_ros.replay import ReplayError, ReplayOptions, main, run_replay
+from mfuser_ros.node.config import NodeConfig
+from mfuser_ros.node.pipeline import Wanted
+from mfuser_ros.replay.bagio import BagInput, BagReadError
+from mfuser_ros.replay.cli import main
+from mfuser_ros.replay.runner import ReplayError, ReplayOptions, run_replay
 
 rosbag2 = pytest.importorskip("rosbags.rosbag2", reason="rosbags is part of the [ros] extra")
 highlevel = pytest.importorskip("rosbags.highlevel")
@@ -295,7 +296,7 @@ def test_sigint_to_the_cli_leaves_a_valid_bag_and_a_partial_report(tmp_path, msg
     model = save_model(build_model("tiny-eva02"), tmp_path / "tiny.safetensors")
     bag = write_bag(tmp_path / "drive", msgs, typestore, frames=40)  # 4 s at the recorded rate
     out = tmp_path / "report"
-    proc = subprocess.Popen([sys.executable, "-m", "mfuser_ros.replay", str(bag), "--checkpoint", str(model),
+    proc = subprocess.Popen([sys.executable, "-m", "mfuser_ros.replay.cli", str(bag), "--checkpoint", str(model),
                              "--out", str(out), "--realtime", "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from mfuser_model.classes import CITYSCAPES_LABEL_TO_TRAIN
-from mfuser_model.synthetic_scenes import render_scene
-from mfuser_ros.bagio import BagInput
-from mfuser_ros.conversions import message_to_rgb
-from mfuser_ros.make_demo_bag import DemoCamera, main, make_demo_bag
-from mfuser_ros.replay import find_camera_topics
+from mfuser_model.synthetic.scenes import render_scene
+from mfuser_ros.node.conversions import message_to_rgb
+from mfuser_ros.replay.bagio import BagInput
+from mfuser_ros.replay.demo_bag import DemoCamera, main, make_demo_bag
+from mfuser_ros.replay.runner import find_camera_topics
 
 
 @pytest.mark.parametrize(("storage", "gt_format"), [("mcap", "trainids"), ("sqlite3", "labelids")])

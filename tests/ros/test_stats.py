@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mfuser_ros.stats import ERROR, OK, STALE, WARN, CameraStats, DiagnosticThresholds, build_statuses
+from mfuser_ros.node.stats import ERROR, OK, STALE, WARN, CameraStats, DiagnosticThresholds, build_statuses
 
 
 class FakeClock:

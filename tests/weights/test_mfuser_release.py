@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from mfuser_model.checkpoint import load_model, read_model_metadata
 from mfuser_model.config import ModelConfig, load_model_config
 from mfuser_model.errors import CheckpointError, ConfigError
-from mfuser_model.mfuser import MFuser, build_mfuser
+from mfuser_model.network.mfuser import MFuser, build_mfuser
 from mfuser_model.weights.convert_cli import main
 from mfuser_model.weights.mfuser_release import (
     NOT_IN_RELEASE,
@@ -684,7 +684,7 @@ def test_text_length_mismatch_with_the_preset_is_reported(release):
 
 
 def test_siglip_tokenizer_folder_is_required_for_siglip_class_names():
-    from mfuser_model.mfuser import tokenize_class_names as class_token_ids
+    from mfuser_model.network.mfuser import tokenize_class_names as class_token_ids
 
     config = load_model_config("mfuser-siglip-large")
     with pytest.raises(ConfigError, match="spiece.model"):

@@ -1,4 +1,4 @@
-"""The public checkpoint layouts load strictly into the encoders MFuser itself builds (mfuser_model.encoders/text)."""
+"""The public checkpoint layouts load strictly into the encoders MFuser itself builds (network.encoders / text)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from tiny_backbones import (
     token_ids,
 )
 
-from mfuser_model.encoders import EncoderSpec, build_vfm, build_vlm
-from mfuser_model.text import build_text_tower
+from mfuser_model.network.encoders import EncoderSpec, build_vfm, build_vlm
+from mfuser_model.network.text import build_text_tower
 from mfuser_model.weights import load_dinov2, load_vlm
 
 

@@ -8,11 +8,10 @@ from typing import Any
 
 import torch
 
-from mfuser_model import inference
 from mfuser_model.checkpoint import build_model
 from mfuser_model.errors import ConfigError
-from mfuser_ros.config import NodeConfig
-from mfuser_ros.pipeline import SegmentationPipeline
+from mfuser_ros.node.config import NodeConfig
+from mfuser_ros.node.pipeline import SegmentationPipeline
 
 __all__ = ["LoadedModel", "load_model", "release_model"]
 
@@ -41,8 +40,10 @@ def _check_device(device: str) -> None:
 
 def _build_segmenter(model: Any, config: NodeConfig) -> Any:
     # The decoder backends (onnxruntime, TensorRT engine cache) live on the model side; the node passes the choice
-    # and its options through to that factory.
-    return inference.build_segmenter(
+    # and its options through to that factory (imported here: it pulls in the ONNX exporter).
+    from mfuser_model.deploy.decoder_backends import build_segmenter  # noqa: PLC0415
+
+    return build_segmenter(
         model, decoder_backend=config.decoder_backend, onnx_path=config.decoder_onnx or None,
         cache_dir=config.decoder_cache_dir or None, max_batch=config.max_batch, mode=config.inference_mode,
         crop_size=config.crop_size, stride=config.stride, device=config.device, precision=config.precision)

@@ -1,6 +1,6 @@
 """``mfuser-make-demo-bag``: a short synthetic drive as a rosbag2, with ground-truth label topics.
 
-Each camera gets procedural street scenes from ``mfuser_model.synthetic_scenes.render_scene`` (the generator the
+Each camera gets procedural street scenes from ``mfuser_model.synthetic.scenes.render_scene`` (the generator the
 bundled tiny model was trained on, through ``training.synthetic``) in its own rendering style, e.g. the ``game``
 source style and a shifted ``fog`` or ``night`` style, so one replay shows in-domain and domain-shifted accuracy
 side by side. Frames are independent scenes, not a continuous drive. Per camera ``c`` the bag holds:
@@ -23,8 +23,8 @@ import numpy as np
 
 from mfuser_model.classes import CITYSCAPES_LABEL_TO_TRAIN, IGNORE_INDEX
 from mfuser_model.errors import MFuserError
-from mfuser_model.synthetic_scenes import render_scene
-from mfuser_ros.bagio import COMPRESSED_TYPE, IMAGE_TYPE, BagOutput
+from mfuser_model.synthetic.scenes import render_scene
+from mfuser_ros.replay.bagio import COMPRESSED_TYPE, IMAGE_TYPE, BagOutput
 
 __all__ = ["DemoCamera", "main", "make_demo_bag"]
 

@@ -28,9 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mfuser_model.decode_head import HeadOutput
-from mfuser_model.errors import ConfigError, MFuserError
-from mfuser_model.export import (
+from mfuser_model.deploy.onnx_export import (
     DECODER_INPUTS,
     DECODER_OUTPUTS,
     DecoderInputs,
@@ -38,6 +36,9 @@ from mfuser_model.export import (
     export_decoder,
     head_fingerprint,
 )
+from mfuser_model.errors import ConfigError, MFuserError
+from mfuser_model.inference import Segmenter
+from mfuser_model.network.decode_head import HeadOutput
 
 __all__ = [
     "BACKENDS",
@@ -204,7 +205,7 @@ class TensorRTDecoder(DecoderBackend):
                  max_batch: int = 1, calibration: Any = None, device: torch.device | str = "cuda",
                  warmup: int = 3, force_rebuild: bool = False) -> None:
         super().__init__()
-        from mfuser_model import tensorrt_engine as te  # noqa: PLC0415
+        from mfuser_model.deploy import tensorrt_engine as te  # noqa: PLC0415
 
         te.require_tensorrt()
         self.status = te.ensure_engine(onnx_path, precision=precision, engine_path=engine_path, max_batch=max_batch,
@@ -327,7 +328,7 @@ def make_decoder_backend(backend: str, *, head: nn.Module | None = None, onnx_pa
         def factory(path: Path) -> DecoderBackend:
             return OnnxRuntimeDecoder(path, device=device, num_threads=num_threads)
     else:
-        from mfuser_model.tensorrt_engine import require_tensorrt  # noqa: PLC0415
+        from mfuser_model.deploy.tensorrt_engine import require_tensorrt  # noqa: PLC0415
 
         require_tensorrt()  # fail before any export work
 
@@ -382,7 +383,7 @@ def detach_decoder_backend(model: nn.Module) -> nn.Module:
 
 def build_segmenter(model: nn.Module, *, decoder_backend: str = "torch", onnx_path: str | Path | None = None,
                     cache_dir: str | Path | None = None, decoder_precision: str | None = None, max_batch: int = 4,
-                    **segmenter_kwargs: Any) -> Any:
+                    **segmenter_kwargs: Any) -> Segmenter:
     """A `Segmenter` whose decode head runs on `decoder_backend` (the node's and replay's factory).
 
     Args:
@@ -397,8 +398,6 @@ def build_segmenter(model: nn.Module, *, decoder_backend: str = "torch", onnx_pa
     Returns:
         A `mfuser_model.inference.Segmenter`.
     """
-    from mfuser_model.inference import Segmenter  # noqa: PLC0415
-
     device = segmenter_kwargs.get("device", "cpu")
     if decoder_backend == "tensorrt" and torch.device(device).type != "cuda":
         msg = f"decoder_backend 'tensorrt' needs a CUDA device, got device {device!r}"

@@ -3,10 +3,10 @@
 "Mamba as a Bridge: Where Vision Foundation Models Meet Vision Language Models for Domain-Generalized
 Semantic Segmentation", Zhang et al., CVPR 2025 - https://arxiv.org/abs/2504.03193
 
-Pieces, in forward order: :class:`~mfuser_model.backbone.FusedBackbone` (DINOv2 + VLM + 24 MVFusers +
-pyramid) -> :class:`~mfuser_model.text.PromptTextEncoder` (class names with learned context, cached in eval)
--> :class:`~mfuser_model.context_decoder.ContextDecoder` (MTEnhancer; text += gamma * offsets) ->
-:class:`~mfuser_model.decode_head.MFuserHead` (one query per class) plus the pixel-text score map.
+Pieces, in forward order: :class:`~mfuser_model.network.backbone.FusedBackbone` (DINOv2 + VLM + 24 MVFusers +
+pyramid) -> :class:`~mfuser_model.network.text.PromptTextEncoder` (class names with learned context, cached in eval)
+-> :class:`~mfuser_model.network.context_decoder.ContextDecoder` (MTEnhancer; text += gamma * offsets) ->
+:class:`~mfuser_model.network.decode_head.MFuserHead` (one query per class) plus the pixel-text score map.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mfuser_model.backbone import FusedBackbone
 from mfuser_model.config import ModelConfig
-from mfuser_model.context_decoder import ContextDecoder
-from mfuser_model.decode_head import MFuserHead, semantic_scores
-from mfuser_model.encoders import EncoderSpec
-from mfuser_model.text import PromptTextEncoder, build_text_tower
+from mfuser_model.network.backbone import FusedBackbone
+from mfuser_model.network.context_decoder import ContextDecoder
+from mfuser_model.network.decode_head import MFuserHead, semantic_scores
+from mfuser_model.network.encoders import EncoderSpec
+from mfuser_model.network.text import PromptTextEncoder, build_text_tower
 
 __all__ = ["MFuser", "MFuserOutput", "build_mfuser", "tokenize_class_names"]
 

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mfuser_model.errors import ConfigError
+from mfuser_model.network.position_encoding import SinePositionEncoding
 from mfuser_model.ops.ms_deform_attn import MSDeformAttn
-from mfuser_model.position_encoding import SinePositionEncoding
 
 __all__ = ["Attention", "ConvNorm", "FeedForward", "MSDeformAttnPixelDecoder", "PixelDecoderLayer"]
 

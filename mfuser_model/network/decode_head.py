@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mfuser_model.errors import ConfigError
-from mfuser_model.pixel_decoder import Attention, FeedForward, MSDeformAttnPixelDecoder
-from mfuser_model.position_encoding import SinePositionEncoding
+from mfuser_model.network.pixel_decoder import Attention, FeedForward, MSDeformAttnPixelDecoder
+from mfuser_model.network.position_encoding import SinePositionEncoding
 
 __all__ = ["HeadOutput", "MFuserHead", "TransformerDecoderLayer", "mask_attention_bias", "semantic_scores"]
 

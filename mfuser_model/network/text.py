@@ -13,7 +13,7 @@ from open_clip.model import _build_text_tower
 from open_clip.transformer import TextTransformer
 from torch import nn
 
-from mfuser_model.encoders import VLMKind
+from mfuser_model.network.encoders import VLMKind
 
 __all__ = ["PromptTextEncoder", "build_text_tower"]
 

@@ -427,7 +427,7 @@ def ensure_engine(onnx_path: str | Path, *, precision: TrtPrecision = "fp16", en
         MFuserError: TensorRT or CUDA missing, or the build failed.
         ConfigError: bad precision, shapes or calibration.
     """
-    from mfuser_model.export import read_onnx_io  # noqa: PLC0415  (export imports the model; keep this module light)
+    from mfuser_model.deploy.onnx_export import read_onnx_io  # noqa: PLC0415  (export imports the model; keep this module light)
 
     onnx_path = Path(onnx_path)
     if precision == "int8" and calibration is None:

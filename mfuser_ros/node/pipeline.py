@@ -19,8 +19,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from mfuser_model.classes import CITYSCAPES_PALETTE
-from mfuser_ros.config import NodeConfig
-from mfuser_ros.conversions import (
+from mfuser_ros.errors import FrameError
+from mfuser_ros.node.config import NodeConfig
+from mfuser_ros.node.conversions import (
     ImageLimits,
     OutputImage,
     confidence_to_mono8,
@@ -29,8 +30,7 @@ from mfuser_ros.conversions import (
     overlay_bgr,
     palette_lut_bgr,
 )
-from mfuser_ros.errors import FrameError
-from mfuser_ros.stats import ERROR, CameraStats, DiagnosticStatusData, DiagnosticThresholds, build_statuses
+from mfuser_ros.node.stats import ERROR, CameraStats, DiagnosticStatusData, DiagnosticThresholds, build_statuses
 
 __all__ = [
     "CameraOutputs",

@@ -89,7 +89,7 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 
 def _image_size(model: object, args: argparse.Namespace) -> tuple[int, int]:
-    from mfuser_model.export import whole_image_size  # noqa: PLC0415
+    from mfuser_model.deploy.onnx_export import whole_image_size  # noqa: PLC0415
 
     config = model.config
     if args.mode == "whole":
@@ -100,8 +100,8 @@ def _image_size(model: object, args: argparse.Namespace) -> tuple[int, int]:
 
 def _calibration(args: argparse.Namespace, model: object, image_size: tuple[int, int]) -> object:
     """CalibrationData from .npz files, or from images run through the PyTorch model."""
-    from mfuser_model.export import DECODER_INPUTS, capture_decoder_inputs  # noqa: PLC0415
-    from mfuser_model.tensorrt_engine import CalibrationData  # noqa: PLC0415
+    from mfuser_model.deploy.onnx_export import DECODER_INPUTS, capture_decoder_inputs  # noqa: PLC0415
+    from mfuser_model.deploy.tensorrt_engine import CalibrationData  # noqa: PLC0415
 
     source = Path(args.calib)
     images = sorted(f for f in source.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES) if source.is_dir() else []
@@ -131,8 +131,8 @@ def _calibration(args: argparse.Namespace, model: object, image_size: tuple[int,
 def _verify(model: object, onnx_path: Path, image_size: tuple[int, int], batch: int) -> str:
     import torch  # noqa: PLC0415
 
-    from mfuser_model.decoder_backends import OnnxRuntimeDecoder, TorchDecoder  # noqa: PLC0415
-    from mfuser_model.export import capture_decoder_inputs  # noqa: PLC0415
+    from mfuser_model.deploy.decoder_backends import OnnxRuntimeDecoder, TorchDecoder  # noqa: PLC0415
+    from mfuser_model.deploy.onnx_export import capture_decoder_inputs  # noqa: PLC0415
 
     g = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, *image_size, generator=g)
@@ -164,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
     image_size = None
     if args.tensorrt:
         # fail before a possibly long export when TensorRT cannot be used at all
-        from mfuser_model.tensorrt_engine import require_tensorrt  # noqa: PLC0415
+        from mfuser_model.deploy.tensorrt_engine import require_tensorrt  # noqa: PLC0415
 
         require_tensorrt()
     if args.onnx is not None:
@@ -174,7 +174,7 @@ def _run(args: argparse.Namespace) -> int:
             raise MFuserError(msg)
     else:
         from mfuser_model.checkpoint import build_model  # noqa: PLC0415
-        from mfuser_model.export import export_model_decoder  # noqa: PLC0415
+        from mfuser_model.deploy.onnx_export import export_model_decoder  # noqa: PLC0415
 
         model = build_model(args.preset, checkpoint=args.checkpoint).eval()
         image_size = _image_size(model, args)
@@ -193,7 +193,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _tensorrt(args: argparse.Namespace, onnx_path: Path, model: object, image_size: tuple[int, int] | None) -> None:
-    from mfuser_model.tensorrt_engine import TensorRTRunner, ensure_engine  # noqa: PLC0415
+    from mfuser_model.deploy.tensorrt_engine import TensorRTRunner, ensure_engine  # noqa: PLC0415
 
     calibration = None
     if args.precision == "int8":

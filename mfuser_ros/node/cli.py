@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mfuser_model.config_io import parse_override
 from mfuser_model.errors import MFuserError
-from mfuser_ros.config import NodeConfig, load_node_config, node_config_from_params
+from mfuser_ros.node.config import NodeConfig, load_node_config, node_config_from_params
 
 __all__ = ["build_parser", "main"]
 
@@ -54,11 +54,11 @@ def _config(args: argparse.Namespace) -> NodeConfig:
 
 def _run_dds(args: argparse.Namespace, config: NodeConfig) -> int:
     if args.loopback:
-        from mfuser_ros.dds import loopback_uri  # noqa: PLC0415 - cyclonedds is optional
+        from mfuser_ros.node.dds import loopback_uri  # noqa: PLC0415 - cyclonedds is optional
 
         os.environ["CYCLONEDDS_URI"] = loopback_uri()
-    from mfuser_ros.dds import DdsSegmentationNode  # noqa: PLC0415 - cyclonedds is optional
-    from mfuser_ros.model_loader import load_model  # noqa: PLC0415 - torch import only when running
+    from mfuser_ros.node.dds import DdsSegmentationNode  # noqa: PLC0415 - cyclonedds is optional
+    from mfuser_ros.node.model_loader import load_model  # noqa: PLC0415 - torch import only when running
 
     loaded = load_model(config)
     if loaded.random_weights:
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mfuser-node``; returns the process exit code."""
     args = build_parser().parse_args(argv)
     if args.transport == "ros":
-        from mfuser_ros import node  # noqa: PLC0415 - rclpy only for this transport
+        from mfuser_ros.node import lifecycle_node as node  # noqa: PLC0415 - rclpy only for this transport
 
         ros_args = ["--ros-args", "-r", f"__ns:={args.namespace}", "-r", f"__node:={args.node_name}"]
         if args.config is not None:

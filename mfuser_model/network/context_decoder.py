@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mfuser_model.mvfuser import MVFuser
+from mfuser_model.network.mvfuser import MVFuser
 
 __all__ = ["ContextDecoder", "MTEnhancer"]
 

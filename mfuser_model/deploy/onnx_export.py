@@ -29,9 +29,9 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from mfuser_model.decode_head import semantic_scores
 from mfuser_model.errors import ConfigError, MFuserError
 from mfuser_model.fileio import atomic_path
+from mfuser_model.network.decode_head import semantic_scores
 
 __all__ = [
     "DECODER_INPUTS",

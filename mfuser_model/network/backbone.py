@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from mfuser_model.encoders import (
+from mfuser_model.network.encoders import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     SIGLIP_MEAN,
@@ -29,7 +29,7 @@ from mfuser_model.encoders import (
     build_vlm,
     renormalize,
 )
-from mfuser_model.mvfuser import MVFuser
+from mfuser_model.network.mvfuser import MVFuser
 
 __all__ = ["BackboneOutput", "FusedBackbone", "SimplePyramid"]
 

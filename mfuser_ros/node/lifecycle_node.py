@@ -1,4 +1,4 @@
-"""The rclpy lifecycle node: a thin adapter between ROS 2 topics and :class:`~mfuser_ros.pipeline.FrameWorker`.
+"""The rclpy lifecycle node: a thin adapter between ROS 2 topics and :class:`~mfuser_ros.node.pipeline.FrameWorker`.
 
 Lifecycle:
 - configure: read parameters into a :class:`NodeConfig` (an invalid one fails the transition, naming it), create
@@ -37,11 +37,17 @@ from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import LabelInfo, VisionClass
 
 from mfuser_model.errors import CheckpointError, ConfigError
-from mfuser_ros.config import NodeConfig, is_compressed_topic, node_config_from_params, output_topic, parameter_defaults
-from mfuser_ros.conversions import OutputImage
-from mfuser_ros.model_loader import LoadedModel, load_model, release_model
-from mfuser_ros.pipeline import CameraOutputs, FrameWorker, Wanted
-from mfuser_ros.stats import DiagnosticThresholds
+from mfuser_ros.node.config import (
+    NodeConfig,
+    is_compressed_topic,
+    node_config_from_params,
+    output_topic,
+    parameter_defaults,
+)
+from mfuser_ros.node.conversions import OutputImage
+from mfuser_ros.node.model_loader import LoadedModel, load_model, release_model
+from mfuser_ros.node.pipeline import CameraOutputs, FrameWorker, Wanted
+from mfuser_ros.node.stats import DiagnosticThresholds
 
 __all__ = ["MFuserNode", "main", "ros_qos"]
 

@@ -34,17 +34,17 @@ try:
     from cyclonedds.topic import Topic
     from cyclonedds.util import duration
 except ImportError as err:  # pragma: no cover - exercised only without the [ros] extra
-    msg = "mfuser_ros.dds needs cyclonedds: pip install 'cyclonedds==11.0.1' (or the project's [ros] extra)"
+    msg = "mfuser_ros.node.dds needs cyclonedds: pip install 'cyclonedds==11.0.1' (or the project's [ros] extra)"
     raise ImportError(msg) from err
 
 import numpy as np
 
 from mfuser_model.classes import CITYSCAPES_CLASSES
-from mfuser_ros.config import NodeConfig, is_compressed_topic, output_topic
-from mfuser_ros.conversions import OutputImage
 from mfuser_ros.errors import TransportError
-from mfuser_ros.pipeline import CameraOutputs, FrameWorker, SegmentationPipeline, Wanted
-from mfuser_ros.stats import DiagnosticStatusData, DiagnosticThresholds
+from mfuser_ros.node.config import NodeConfig, is_compressed_topic, output_topic
+from mfuser_ros.node.conversions import OutputImage
+from mfuser_ros.node.pipeline import CameraOutputs, FrameWorker, SegmentationPipeline, Wanted
+from mfuser_ros.node.stats import DiagnosticStatusData, DiagnosticThresholds
 
 __all__ = [
     "CompressedImage_",

@@ -1,0 +1,133 @@
+"""``mfuser-replay``: the command line over :func:`mfuser_ros.replay.runner.run_replay`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+from mfuser_model.errors import MFuserError
+from mfuser_ros.node.config import load_node_config, node_config_from_params
+from mfuser_ros.replay import runner
+from mfuser_ros.replay.runner import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    GT_SUFFIX,
+    ReplayError,
+    ReplayOptions,
+    ReplayResult,
+    run_replay,
+)
+
+__all__ = ["build_parser", "main", "options_from_args"]
+
+
+def _parse_gt_topics(values: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for v in values:
+        camera, sep, gt = v.partition("=")
+        if not sep or not camera or not gt:
+            msg = f"--gt-topic {v!r}: expected CAMERA_TOPIC=LABEL_TOPIC"
+            raise ReplayError(msg)
+        out[camera] = gt
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mfuser-replay`` command line."""
+    p = argparse.ArgumentParser(prog="mfuser-replay", description=runner.__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bag", type=Path, help="rosbag2 directory, .mcap, .db3 or ROS 1 .bag")
+    p.add_argument("--out", type=Path, required=True, help="report folder: output bag, metrics.json, report.md")
+    p.add_argument("--checkpoint", help="whole-model .safetensors file (mfuser-train output)")
+    p.add_argument("--preset", help="model preset (with --checkpoint: must match; alone: random weights)")
+    p.add_argument("--config", type=Path, help="node parameter file (ROS 2 YAML, e.g. config/mfuser_node.yaml)")
+    p.add_argument("--device", help="cpu or cuda[:N] (default: the node config's)")
+    p.add_argument("--max-batch", type=int, help="frames per model call (default: the node config's)")
+    p.add_argument("--topics", nargs="+", default=(), help="camera topics (default: every image topic)")
+    p.add_argument("--gt-topic", action="append", default=[], metavar="CAMERA_TOPIC=LABEL_TOPIC",
+                   help=f"ground-truth label topic of a camera (default: <camera>/{GT_SUFFIX})")
+    p.add_argument("--gt-dir", type=Path, help="folder of label PNGs: <camera>/<stamp_ns or index>.png")
+    p.add_argument("--gt-key", choices=("stamp", "index"), default="stamp", help="how --gt-dir files are named")
+    p.add_argument("--gt-format", choices=("labelids", "trainids"), default="trainids",
+                   help="ground truth holds Cityscapes labelIds or train ids (default)")
+    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="output bag storage")
+    p.add_argument("--realtime", action="store_true", help="play at the recorded rate and drop frames as the node")
+    p.add_argument("--rate", type=float, default=1.0, help="playback speed factor for --realtime")
+    p.add_argument("--outputs", nargs="*", default=["color"], choices=("color", "overlay", "confidence"),
+                   help="outputs besides labels (default: color)")
+    p.add_argument("--montage-rows", type=int, default=8, help="sampled frames in montage.png (0: none)")
+    p.add_argument("--max-frames", type=int, default=0, help="stop after this many camera frames (0: all)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> ReplayOptions:
+    """ReplayOptions from parsed arguments (loads the node config file, applies overrides)."""
+    overrides: dict[str, Any] = {"warmup": True}
+    if args.checkpoint:
+        overrides["checkpoint"] = args.checkpoint
+        overrides["preset"] = args.preset or ""
+    elif args.preset:
+        overrides["preset"] = args.preset
+    if args.device:
+        overrides["device"] = args.device
+    if args.max_batch:
+        overrides["max_batch"] = args.max_batch
+    node = load_node_config(args.config, overrides) if args.config else node_config_from_params(overrides)
+    if not node.checkpoint and not args.preset:
+        msg = "give --checkpoint MODEL.safetensors (or --preset NAME for an untrained model, smoke tests only)"
+        raise ReplayError(msg)
+    if args.rate <= 0:
+        msg = f"--rate must be > 0, got {args.rate}"
+        raise ReplayError(msg)
+    return ReplayOptions(bag=args.bag, out=args.out, node=node, topics=tuple(args.topics),
+                         gt_topics=_parse_gt_topics(args.gt_topic), gt_dir=args.gt_dir, gt_key=args.gt_key,
+                         gt_format=args.gt_format, storage=args.storage, realtime=args.realtime, rate=args.rate,
+                         outputs=tuple(args.outputs), montage_rows=args.montage_rows, max_frames=args.max_frames,
+                         progress=not args.no_progress and sys.stderr.isatty())
+
+
+def _print_result(result: ReplayResult) -> None:
+    s = result.summary
+    overall = s["overall"]["metrics"]
+    lat = s["overall"]["latency_ms"]
+    print(f"frames: {s['frames']['processed']} segmented, {s['frames']['dropped']} dropped, "
+          f"{s['frames']['failed']} failed, {s['frames']['evaluated']} evaluated")
+    for name, cam in s["cameras"].items():
+        m = cam["metrics"]
+        miou = f"{100 * m['mIoU']:.2f}" if m and m["mIoU"] is not None else "n/a"
+        print(f"  {name or '/'}: {cam['frames_out']} frames, mIoU {miou}")
+    if overall and overall["mIoU"] is not None:
+        print(f"overall mIoU {100 * overall['mIoU']:.2f}, pixel accuracy {100 * overall['aAcc']:.2f}")
+    if lat["p50"] is not None:
+        print(f"latency ms p50 {lat['p50']:.1f} p95 {lat['p95']:.1f} p99 {lat['p99']:.1f}; "
+              f"throughput {s['throughput_fps']:.2f} frames/s")
+    print(f"output bag: {result.output_bag}")
+    print(f"report: {result.report_md}" + (f", montage: {result.montage_png}" if result.montage_png else ""))
+    if s["partial"]:
+        print(f"PARTIAL: {s['partial_reason']}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``mfuser-replay`` (and ``ros2 run mfuser_ros mfuser_replay``)."""
+    args = build_parser().parse_args(argv)
+    try:
+        cv2.setNumThreads(1)  # the model gets the cores; per-frame OpenCV work is small
+        result = run_replay(options_from_args(args))
+    except MFuserError as err:
+        print(f"mfuser-replay: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("mfuser-replay: interrupted before any frame was replayed", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    _print_result(result)
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
