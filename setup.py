@@ -30,6 +30,32 @@ CORE = [
     "regex==2026.11.19",
     "pillow==13.0.0",  # label PNGs in palette mode (Mapillary, BDD colormaps) need PIL, not cv2
 ]
+# colcon builds the ament_python package with the interpreter it runs on (sys.executable), so it lives in the
+# project's venv: `.venv/bin/colcon build` then installs console scripts whose shebang is the venv's Python, which
+# has torch. colcon-core caps setuptools below 80 (`setup.py develop`, used by --symlink-install); the rest are
+# colcon-core's and colcon-ros's own requirements, pinned like everything else.
+COLCON = [
+    "colcon-core==0.21.3",
+    "colcon-ros==0.5.0",
+    "colcon-python-setup-py==0.2.9",
+    "colcon-package-selection==0.2.10",
+    "colcon-bash==0.5.0",
+    "colcon-library-path==0.2.1",
+    "colcon-parallel-executor==0.4.0",
+    "colcon-recursive-crawl==0.2.3",
+    "colcon-test-result==0.3.8",
+    "colcon-cmake==0.2.30",
+    "colcon-pkg-config==0.1.0",
+    "catkin-pkg==1.1.1",
+    "empy==4.2.1",
+    "distlib==0.4.4",
+    "setuptools==79.0.1",
+    "pytest-cov==7.1.0",
+    "pytest-repeat==0.9.4",
+    "pytest-rerunfailures==16.7",
+    "coverage==7.17.5",
+    "docutils==0.23",
+]
 EXTRAS = {
     # CUDA kernels: only on a CUDA torch (their setup builds a URL from torch.version.cuda).
     "cuda": ["mamba-ssm==2.3.2", "causal-conv1d==1.7.0"],
@@ -38,7 +64,7 @@ EXTRAS = {
     # SigLIP's tokenizer (the user supplies its files): either library reads them.
     "siglip": ["tokenizers==0.23.3", "sentencepiece==0.2.3"],
     "train": ["tensorboard==2.21.0", "cityscapesscripts==2.3.0", "scipy==1.17.1"],
-    "dev": ["pytest==9.2.0", "pytest-timeout==2.4.0", "hypothesis==6.170.17", "ruff==0.17.6"],
+    "dev": ["pytest==9.2.0", "pytest-timeout==2.4.0", "hypothesis==6.170.17", "ruff==0.17.6", *COLCON],
 }
 
 setup(
@@ -59,12 +85,15 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
         (f"share/{PACKAGE}/config/presets", glob("config/presets/*.yaml")),
+        # The bundled toy model, so `checkpoint:=package://mfuser_ros/models/tiny-eva02-synthetic.safetensors`
+        # works from an install as from the checkout.
+        (f"share/{PACKAGE}/models", [*glob("models/*.safetensors"), "models/README.md"]),
     ],
     install_requires=CORE,
     extras_require=EXTRAS,
     zip_safe=False,
     entry_points={"console_scripts": [
-        "mfuser_node = mfuser_ros.node.lifecycle_node:main",
+        "mfuser_node = mfuser_ros.node.cli:ros_node_main",
         "mfuser-node = mfuser_ros.node.cli:main",
         "mfuser-segment = mfuser_model.segment_cli:main",
         "mfuser-export = mfuser_model.deploy.cli:main",

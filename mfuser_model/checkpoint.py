@@ -20,6 +20,7 @@ from mfuser_model.config_io import dataclass_from_dict, dataclass_to_dict
 from mfuser_model.errors import CheckpointError, ConfigError
 from mfuser_model.fileio import atomic_path
 from mfuser_model.network.mfuser import MFuser, build_mfuser
+from mfuser_model.resources import resolve_path
 
 __all__ = ["FORMAT", "build_model", "load_model", "read_model_metadata", "save_model"]
 
@@ -38,10 +39,10 @@ def save_model(model: MFuser, path: str | Path, extra_metadata: dict[str, str] |
 
 
 def read_model_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata of a whole-model file, without loading its tensors."""
+    """The metadata of a whole-model file (a path or a ``package://`` URI), without loading its tensors."""
     from safetensors import safe_open  # noqa: PLC0415
 
-    path = Path(path)
+    path = resolve_path(path)
     if not path.is_file():
         msg = f"{path}: model file not found"
         raise CheckpointError(msg)
@@ -58,8 +59,9 @@ def read_model_metadata(path: str | Path) -> dict[str, str]:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> MFuser:
-    """Rebuild an MFuser from a file written by :func:`save_model` (or ``mfuser-convert``)."""
-    path = Path(path)
+    """Rebuild an MFuser from a file written by :func:`save_model` (or ``mfuser-convert``); ``path`` may be a
+    ``package://mfuser_ros/models/...`` URI (see :mod:`mfuser_model.resources`)."""
+    path = resolve_path(path)
     metadata = read_model_metadata(path)
     try:
         config = dataclass_from_dict(ModelConfig, json.loads(metadata["config"]), where=f"{path} [config]")

@@ -9,6 +9,7 @@ from typing import Literal
 from mfuser_model.classes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
 from mfuser_model.config_io import load_dataclass
 from mfuser_model.errors import ConfigError
+from mfuser_model.resources import package_share_dirs, resolve_path
 
 __all__ = ["BackboneWeights", "ModelConfig", "load_model_config", "preset_dirs", "preset_names", "resolve_preset"]
 
@@ -92,12 +93,9 @@ class ModelConfig:
 
 
 def preset_dirs() -> list[Path]:
-    """Where presets are looked up: the repository's config/presets, then the installed share/ copy."""
-    import sys  # noqa: PLC0415
-
-    here = Path(__file__).resolve().parent.parent / "config" / "presets"
-    share = Path(sys.prefix) / "share" / "mfuser_ros" / "config" / "presets"
-    return [d for d in (here, share) if d.is_dir()]
+    """Where presets are looked up: ``config/presets`` of the checkout, then of each installed package share
+    (colcon install prefix, ``AMENT_PREFIX_PATH``, ``sys.prefix``; see :mod:`mfuser_model.resources`)."""
+    return [d / "config" / "presets" for d in package_share_dirs() if (d / "config" / "presets").is_dir()]
 
 
 def preset_names() -> list[str]:
@@ -106,8 +104,9 @@ def preset_names() -> list[str]:
 
 
 def resolve_preset(name_or_path: str | Path) -> Path:
-    """A preset name (``tiny-eva02``) or a YAML path -> the YAML path; unknown names list the valid ones."""
-    path = Path(name_or_path)
+    """A preset name (``tiny-eva02``), a YAML path or a ``package://`` URI -> the YAML path; unknown names list the
+    valid ones."""
+    path = resolve_path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             msg = f"{path}: model config not found"

@@ -17,6 +17,7 @@ from mfuser_model.config_io import dataclass_from_dict, load_yaml
 from mfuser_model.errors import ConfigError
 
 __all__ = [
+    "RUNTIME_PARAMETERS",
     "NodeConfig",
     "QosName",
     "camera_namespace",
@@ -25,6 +26,7 @@ __all__ = [
     "node_config_from_params",
     "output_topic",
     "parameter_defaults",
+    "with_runtime_changes",
 ]
 
 QosName = Literal["sensor_data", "reliable", "best_effort", "system_default"]
@@ -33,6 +35,13 @@ QosName = Literal["sensor_data", "reliable", "best_effort", "system_default"]
 # optionally starting with '/' or '~/', not starting a token with a digit.
 _TOPIC_RE = re.compile(r"^(~/|/)?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+# Parameters that take effect at once while the node runs (`ros2 param set`): how outputs look and when
+# diagnostics warn. Every other parameter shapes what configure builds (topics, QoS, the model and its device,
+# buffers) and changes only while the node is unconfigured: deactivate, cleanup, set, configure, activate.
+RUNTIME_PARAMETERS: frozenset[str] = frozenset({
+    "overlay_alpha", "latency_warn_ms", "latency_error_ms", "min_output_fps_warn", "diagnostics_period_s",
+})
 
 
 @dataclass(frozen=True)
@@ -211,3 +220,20 @@ def parameter_defaults() -> dict[str, Any]:
         value = field.default
         defaults[field.name] = list(value) if isinstance(value, tuple) else value
     return defaults
+
+
+def with_runtime_changes(config: NodeConfig, changes: dict[str, Any], where: str = "<parameters>") -> NodeConfig:
+    """``config`` with runtime parameters changed, validated like a fresh configuration.
+
+    Raises:
+        ConfigError: a parameter outside :data:`RUNTIME_PARAMETERS` (it is read at configure), or an invalid value;
+            the message names the parameter and says why.
+    """
+    fixed = sorted(set(changes) - RUNTIME_PARAMETERS)
+    if fixed:
+        msg = (f"parameter {fixed[0]!r} is read at configure: deactivate and clean up the node, set it, then "
+               f"configure again (changeable at runtime: {', '.join(sorted(RUNTIME_PARAMETERS))})")
+        raise ConfigError(msg)
+    current = {f.name: getattr(config, f.name) for f in dataclasses.fields(NodeConfig)}
+    current = {k: list(v) if isinstance(v, tuple) else v for k, v in current.items()}
+    return node_config_from_params({**current, **changes}, where=where)

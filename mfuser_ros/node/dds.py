@@ -1,12 +1,15 @@
 """The segmentation node over bare DDS (cyclonedds), for machines without ROS 2.
 
-Speaks the ROS 2 wire conventions of rmw_cyclonedds, so ROS 2 nodes see it as one of their own
-(``_CREATED_BY_BARE_DDS_APP_`` in ``ros2 topic info -v``):
+Speaks the ROS 2 wire conventions of rmw_cyclonedds, so ROS 2 nodes see it as one of their own:
 
 - topic ``/ns/name`` is DDS topic ``rt/ns/name``;
 - type ``sensor_msgs/msg/Image`` is ``sensor_msgs::msg::dds_::Image_``; structs are *final* (plain CDR, XCDR1) -
   an appendable type would switch to XCDR2 and silently never match ROS 2;
-- QoS as ROS 2 profiles: sensor-data = best effort, keep last N, volatile.
+- QoS as ROS 2 profiles: sensor-data = best effort, keep last N, volatile;
+- every reader and writer carries its type's REP-2011 hash in USER_DATA (``typehash=RIHS01_...;``, see
+  :mod:`mfuser_ros.node.type_hash`) and the participant ``enclave=/;``, as rmw_cyclonedds sets them;
+- the node announces itself and its endpoints on ``ros_discovery_info`` (rmw_dds_common/ParticipantEntitiesInfo),
+  so ``ros2 node list`` shows it and ``ros2 topic info -v`` names it like any ROS 2 node.
 
 The stock ``sequence[uint8]`` serializer packs one Python int per byte (~110 ms for a 640x480 rgb8 frame);
 :class:`_ByteSequenceMachine` writes the same bytes in one block (wire format unchanged, tested against rosbags'
@@ -45,18 +48,28 @@ from mfuser_ros.node.config import NodeConfig, is_compressed_topic, output_topic
 from mfuser_ros.node.conversions import OutputImage
 from mfuser_ros.node.pipeline import CameraOutputs, FrameWorker, SegmentationPipeline, Wanted
 from mfuser_ros.node.stats import DiagnosticStatusData, DiagnosticThresholds
+from mfuser_ros.node.type_hash import user_data
 
 __all__ = [
+    "ROS_TYPE_NAMES",
     "CompressedImage_",
     "DdsSegmentationNode",
     "DiagnosticArray_",
+    "Gid_",
     "Header_",
     "Image_",
     "LabelInfo_",
+    "NodeEntitiesInfo_",
+    "ParticipantEntitiesInfo_",
     "Time_",
+    "announce_node",
+    "create_reader",
+    "create_writer",
     "dds_qos",
     "dds_topic_name",
+    "endpoint_qos",
     "loopback_uri",
+    "ros_participant",
 ]
 
 
@@ -144,6 +157,40 @@ class LabelInfo_(IdlStruct, typename="vision_msgs.msg.dds_.LabelInfo_"):  # noqa
     threshold: types.float32 = 0.0
 
 
+@dataclass
+class Gid_(IdlStruct, typename="rmw_dds_common.msg.dds_.Gid_"):  # noqa: N801
+    """rmw_dds_common/Gid: a DDS entity's 16-byte GUID."""
+
+    data: types.array[types.uint8, 16] = field(default_factory=lambda: [0] * 16)
+
+
+@dataclass
+class NodeEntitiesInfo_(IdlStruct, typename="rmw_dds_common.msg.dds_.NodeEntitiesInfo_"):  # noqa: N801
+    """rmw_dds_common/NodeEntitiesInfo: one node and the GUIDs of its readers and writers."""
+
+    node_namespace: types.bounded_str[256] = "/"
+    node_name: types.bounded_str[256] = ""
+    reader_gid_seq: types.sequence[Gid_] = field(default_factory=list)
+    writer_gid_seq: types.sequence[Gid_] = field(default_factory=list)
+
+
+@dataclass
+class ParticipantEntitiesInfo_(IdlStruct, typename="rmw_dds_common.msg.dds_.ParticipantEntitiesInfo_"):  # noqa: N801
+    """rmw_dds_common/ParticipantEntitiesInfo: what ROS 2's graph cache learns about a participant's nodes."""
+
+    gid: Gid_ = field(default_factory=Gid_)
+    node_entities_info_seq: types.sequence[NodeEntitiesInfo_] = field(default_factory=list)
+
+
+ROS_TYPE_NAMES: dict[type, str] = {
+    Image_: "sensor_msgs/msg/Image",
+    CompressedImage_: "sensor_msgs/msg/CompressedImage",
+    DiagnosticArray_: "diagnostic_msgs/msg/DiagnosticArray",
+    LabelInfo_: "vision_msgs/msg/LabelInfo",
+    ParticipantEntitiesInfo_: "rmw_dds_common/msg/ParticipantEntitiesInfo",
+}
+
+
 class _ByteSequenceMachine(PlainCdrV2SequenceOfPrimitiveMachine):
     """``sequence<uint8>`` written and read as one block: uint32 length (4-aligned) then the raw bytes.
 
@@ -209,6 +256,51 @@ def dds_qos(profile: str, depth: int, transient_local: bool = False) -> Qos:
     return Qos(*policies)
 
 
+def endpoint_qos(qos: Qos, msg_type: type) -> Qos:
+    """``qos`` plus what rmw_cyclonedds gives every reader and writer: the type hash in USER_DATA
+    (``typehash=RIHS01_...;``, without which Jazzy peers log "Failed to parse type hash") and no autodispose."""
+    return Qos(*qos, Policy.Userdata(user_data(ROS_TYPE_NAMES[msg_type])),
+               Policy.WriterDataLifecycle(autodispose=False))
+
+
+def create_writer(participant: DomainParticipant, topic: str, msg_type: type, qos: Qos) -> DataWriter:
+    """A writer on DDS topic ``topic`` as a ROS 2 publisher of ``msg_type`` would create it."""
+    return DataWriter(participant, Topic(participant, topic, msg_type), qos=endpoint_qos(qos, msg_type))
+
+
+def create_reader(participant: DomainParticipant, topic: str, msg_type: type, qos: Qos,
+                  listener: Listener | None = None) -> DataReader:
+    """A reader on DDS topic ``topic`` as a ROS 2 subscription of ``msg_type`` would create it."""
+    return DataReader(participant, Topic(participant, topic, msg_type), qos=endpoint_qos(qos, msg_type),
+                      listener=listener)
+
+
+def ros_participant(domain_id: int) -> DomainParticipant:
+    """A participant with the USER_DATA rmw_cyclonedds gives its own (``enclave=/;``)."""
+    return DomainParticipant(domain_id, qos=Qos(Policy.Userdata(b"enclave=/;")))
+
+
+def to_gid(entity: Any) -> Gid_:
+    """The rmw GID of a DDS entity: its GUID's 16 bytes (rmw_cyclonedds ``convert_guid_to_gid``)."""
+    return Gid_(list(entity.guid.bytes))
+
+
+def announce_node(participant: DomainParticipant, node_namespace: str, node_name: str,
+                  readers: list[DataReader], writers: list[DataWriter]) -> DataWriter:
+    """Publish the node on ``ros_discovery_info`` (transient local, so ROS 2 peers that start later learn it too).
+
+    rmw's graph cache maps endpoint GUIDs to nodes through this topic; without it ROS 2 tools name the endpoints
+    ``_CREATED_BY_BARE_DDS_APP_`` and ``ros2 node list`` does not show the node. Keep the returned writer alive.
+    """
+    qos = dds_qos("reliable", 1, transient_local=True)
+    writer = create_writer(participant, "ros_discovery_info", ParticipantEntitiesInfo_, qos)
+    node = NodeEntitiesInfo_(node_namespace="/" + node_namespace.strip("/"), node_name=node_name,
+                             reader_gid_seq=[to_gid(r) for r in readers],
+                             writer_gid_seq=[to_gid(w) for w in writers])
+    writer.write(ParticipantEntitiesInfo_(gid=to_gid(participant), node_entities_info_seq=[node]))
+    return writer
+
+
 def loopback_uri() -> str:
     """CYCLONEDDS_URI keeping all traffic on loopback: interface ``lo``, no multicast, unicast peer 127.0.0.1.
 
@@ -256,8 +348,8 @@ class _DdsSink:
         for camera in config.camera_namespaces():
             writers = {}
             for kind in _KINDS:
-                topic = Topic(participant, dds_topic_name(output_topic(camera, kind), namespace, node_name), Image_)
-                writers[kind] = DataWriter(participant, topic, qos=qos)
+                writers[kind] = create_writer(
+                    participant, dds_topic_name(output_topic(camera, kind), namespace, node_name), Image_, qos)
             self.writers.append(writers)
 
     def wanted(self, camera: int) -> Wanted:
@@ -292,7 +384,7 @@ class DdsSegmentationNode:
         self.config = config
         self.node_name = node_name
         self.clock_ns = clock_ns
-        self.participant = DomainParticipant(domain_id)
+        self.participant = ros_participant(domain_id)
         self.cameras = config.camera_namespaces()
         self.sink = _DdsSink(self.participant, config, namespace, node_name)
         self.worker = FrameWorker(pipeline, self.cameras, self.sink, clock_ns=clock_ns, warn=warn,
@@ -303,18 +395,21 @@ class DdsSegmentationNode:
         self.readers = []
         for index, topic_name in enumerate(config.image_topics):
             msg_type = CompressedImage_ if is_compressed_topic(topic_name) else Image_
-            topic = Topic(self.participant, dds_topic_name(topic_name, namespace, node_name), msg_type)
             listener = Listener(on_data_available=self._on_data(index))
-            self.readers.append(DataReader(self.participant, topic, qos=in_qos, listener=listener))
-        diag_topic = Topic(self.participant, dds_topic_name("/diagnostics"), DiagnosticArray_)
-        self.diagnostics_writer = DataWriter(self.participant, diag_topic, qos=dds_qos("reliable", 10))
+            self.readers.append(create_reader(self.participant, dds_topic_name(topic_name, namespace, node_name),
+                                              msg_type, in_qos, listener))
+        self.diagnostics_writer = create_writer(self.participant, dds_topic_name("/diagnostics"), DiagnosticArray_,
+                                                dds_qos("reliable", 10))
         latched = dds_qos("reliable", 1, transient_local=True)
         self.label_info = LabelInfo_(class_map=[VisionClass_(i, n) for i, n in enumerate(class_names)])
         self.label_writers = []
         for camera in self.cameras:
-            topic = Topic(self.participant, dds_topic_name(output_topic(camera, "label_info"), namespace, node_name),
-                          LabelInfo_)
-            self.label_writers.append(DataWriter(self.participant, topic, qos=latched))
+            self.label_writers.append(create_writer(
+                self.participant, dds_topic_name(output_topic(camera, "label_info"), namespace, node_name),
+                LabelInfo_, latched))
+        writers = [w for camera in self.sink.writers for w in camera.values()]
+        self._discovery_writer = announce_node(self.participant, namespace, node_name, self.readers,
+                                               [*writers, self.diagnostics_writer, *self.label_writers])
         self._stop = threading.Event()
         self._diag_thread: threading.Thread | None = None
 

@@ -14,39 +14,55 @@ Topics (relative, so launch files can namespace and remap them), per camera ``<c
 Every image output carries the input header unchanged. Colour, overlay and confidence are computed only while
 they have subscribers.
 
+Parameters: those in :data:`~mfuser_ros.node.config.RUNTIME_PARAMETERS` change at once with ``ros2 param set``;
+every other one is read at configure, so setting it while the node is configured is rejected with the reason
+(an unconfigured node accepts anything: it is checked at the next configure).
+
+Process (``main``): SIGINT and SIGTERM shut the node down in order (shutdown transition: the frame in the model
+finishes, the model is released), then the process exits 0; further signals during that are ignored. It also
+exits 0 once ``ros2 lifecycle set <node> shutdown`` has finalized it.
+
 rclpy is imported only in this module; everything else in mfuser_ros runs without ROS 2.
 """
 
 from __future__ import annotations
 
 import array
+import contextlib
+import time
 from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from rclpy.qos import (
     QoSDurabilityPolicy,
     QoSHistoryPolicy,
     QoSProfile,
     QoSReliabilityPolicy,
 )
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import LabelInfo, VisionClass
 
 from mfuser_model.errors import CheckpointError, ConfigError
 from mfuser_ros.node.config import (
+    RUNTIME_PARAMETERS,
     NodeConfig,
     is_compressed_topic,
     node_config_from_params,
     output_topic,
     parameter_defaults,
+    with_runtime_changes,
 )
 from mfuser_ros.node.conversions import OutputImage
 from mfuser_ros.node.model_loader import LoadedModel, load_model, release_model
 from mfuser_ros.node.pipeline import CameraOutputs, FrameWorker, Wanted
+from mfuser_ros.node.shutdown import ShutdownSignals
 from mfuser_ros.node.stats import DiagnosticThresholds
 
 __all__ = ["MFuserNode", "main", "ros_qos"]
@@ -115,17 +131,22 @@ class MFuserNode(LifecycleNode):
         for name, default in parameter_defaults().items():
             # Dynamic typing: NodeConfig checks every type itself (so `latency_warn_ms: 500` is accepted as a
             # float) and names the parameter when a value is wrong. An empty list is declared unset.
-            descriptor = ParameterDescriptor(dynamic_typing=True, description="see config/mfuser_node.yaml")
+            when = "runtime" if name in RUNTIME_PARAMETERS else "read at configure"
+            descriptor = ParameterDescriptor(dynamic_typing=True,
+                                             description=f"{when}; see config/mfuser_node.yaml")
             value = None if isinstance(default, list) and not default else default
             self.declare_parameter(name, value, descriptor)
         self.config: NodeConfig | None = None
         self.model: LoadedModel | None = None
         self.worker: FrameWorker | None = None
+        self.finalized = False
         self._sink: _RosSink | None = None
-        self._subscriptions: list[Any] = []
+        # Not `_subscriptions`: rclpy.Node keeps its own list under that name.
+        self._camera_subs: list[Any] = []
         self._label_pubs: list[Any] = []
         self._diag_pub = None
         self._diag_timer = None
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # ---- helpers -------------------------------------------------------------------------------------------
     def _read_config(self) -> NodeConfig:
@@ -133,7 +154,7 @@ class MFuserNode(LifecycleNode):
         for name in parameter_defaults():
             value = self.get_parameter(name).value
             if value is not None:
-                params[name] = list(value) if isinstance(value, (list, tuple, array.array)) else value
+                params[name] = _plain(value)
         return node_config_from_params(params, where=f"node '{self.get_fully_qualified_name()}' parameters")
 
     def _now_ns(self) -> int:
@@ -156,6 +177,30 @@ class MFuserNode(LifecycleNode):
     def _release(self) -> None:
         release_model(self.model)
         self.model = None
+
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """Accept runtime parameters (validated, applied at once) and, while unconfigured, any parameter."""
+        declared = parameter_defaults()
+        changes = {p.name: _plain(p.value) for p in params if p.name in declared}
+        if not changes or self.config is None:
+            return SetParametersResult(successful=True)
+        try:
+            config = with_runtime_changes(self.config, changes, where=f"node '{self.get_fully_qualified_name()}'")
+        except ConfigError as err:
+            return SetParametersResult(successful=False, reason=str(err))
+        previous, self.config = self.config, config
+        if self.model is not None:
+            self.model.pipeline.overlay_alpha = config.overlay_alpha
+        if config.diagnostics_period_s != previous.diagnostics_period_s and self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = self.create_timer(config.diagnostics_period_s, self._publish_diagnostics)
+        self.get_logger().info("parameters changed: " + ", ".join(f"{k}={v!r}" for k, v in changes.items()))
+        return SetParametersResult(successful=True)
+
+    def _destroy_camera_subscriptions(self) -> None:
+        for sub in self._camera_subs:
+            self.destroy_subscription(sub)
+        self._camera_subs = []
 
     def _publish_label_info(self) -> None:
         info = LabelInfo()
@@ -222,7 +267,7 @@ class MFuserNode(LifecycleNode):
         qos = ros_qos(config.input_qos, config.input_qos_depth)
         for index, topic in enumerate(config.image_topics):
             msg_type = CompressedImage if is_compressed_topic(topic) else Image
-            self._subscriptions.append(self.create_subscription(
+            self._camera_subs.append(self.create_subscription(
                 msg_type, topic, lambda msg, i=index: self.worker.submit(i, msg), qos))
         self.worker.start()
         self.get_logger().info(f"segmenting {', '.join(config.image_topics)}")
@@ -230,9 +275,7 @@ class MFuserNode(LifecycleNode):
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Unsubscribe, stop the worker and release the model."""
-        for sub in self._subscriptions:
-            self.destroy_subscription(sub)
-        self._subscriptions = []
+        self._destroy_camera_subscriptions()
         if self.worker is not None:
             self.worker.stop()
         self._release()
@@ -244,18 +287,20 @@ class MFuserNode(LifecycleNode):
         return super().on_cleanup(state)
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Same as cleanup, from any state."""
-        for sub in self._subscriptions:
-            self.destroy_subscription(sub)
-        self._subscriptions = []
+        """Same as cleanup, from any state; the process exits afterwards (see ``main``)."""
+        self._destroy_camera_subscriptions()
         self._teardown()
+        self.finalized = True
         return super().on_shutdown(state)
 
     def _teardown(self) -> None:
         if self.worker is not None:
+            if self.worker.busy:
+                self.get_logger().info("waiting for the frame in the model")
             self.worker.stop()
             self.worker = None
         self._release()
+        self.config = None  # unconfigured again: every parameter may change until the next configure
         if self._diag_timer is not None:
             self.destroy_timer(self._diag_timer)
             self._diag_timer = None
@@ -270,23 +315,50 @@ class MFuserNode(LifecycleNode):
         self._diag_pub = None
 
 
-def main(args: list[str] | None = None) -> None:
-    """``ros2 run mfuser_ros mfuser_node``: configure and activate itself when ``autostart`` is true."""
-    rclpy.init(args=args)
+def _plain(value: Any) -> Any:
+    """A parameter value as NodeConfig takes it (rclpy gives arrays for integer and float lists)."""
+    return list(value) if isinstance(value, (list, tuple, array.array)) else value
+
+
+def _finish(node: MFuserNode, reason: str) -> None:
+    """Orderly end: the shutdown transition (frame in flight finishes, model released), then destroy the node."""
+    node.get_logger().info(f"{reason}: shutting down")
+    t0 = time.monotonic()
+    if not node.finalized:
+        with contextlib.suppress(_rclpy.RCLError):  # in the middle of another transition: nothing more to do
+            node.trigger_shutdown()
+    node.destroy_node()
+    node.get_logger().info(f"shut down in {time.monotonic() - t0:.2f} s")
+
+
+def main(args: list[str] | None = None, signals: ShutdownSignals | None = None) -> None:
+    """Run the node until SIGINT/SIGTERM or its shutdown transition; configure and activate it when ``autostart``.
+
+    rclpy's default signal handlers raise KeyboardInterrupt wherever the main thread happens to be (inside
+    ``destroy_node`` under ``ros2 launch``, which forwards the terminal's Ctrl-C as a second SIGINT), so rclpy's
+    are off and :class:`ShutdownSignals` (installed by the console script before the heavy imports) decides.
+    """
+    signals = signals or ShutdownSignals().install()
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = None
+    executor = SingleThreadedExecutor()
     try:
         node = MFuserNode()
+        signals.running()
+        executor.add_node(node)
         if node.get_parameter("autostart").value:
-            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-                node.trigger_activate()
-            else:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 node.get_logger().error("configure failed; the node stays unconfigured")
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
+            elif not signals.requested:
+                node.trigger_activate()
+        while not signals.requested and not node.finalized and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+    except ExternalShutdownException:
         pass
     finally:
         if node is not None:
-            node.destroy_node()
+            _finish(node, signals.reason or ("finalized" if node.finalized else "context shut down"))
+        executor.shutdown()
         rclpy.try_shutdown()
 
 

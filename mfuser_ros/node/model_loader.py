@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 from dataclasses import dataclass
 from typing import Any
@@ -66,7 +67,8 @@ def load_model(config: NodeConfig) -> LoadedModel:
 
 
 def release_model(loaded: LoadedModel | None) -> None:
-    """Drop the model and give its GPU memory back (deactivate / cleanup)."""
+    """Drop the model and give its memory back to the system (deactivate / cleanup): GPU memory through torch's
+    cache, host memory through glibc's ``malloc_trim`` (freed heap pages otherwise stay in the process)."""
     if loaded is None:
         return
     device = loaded.device
@@ -75,3 +77,16 @@ def release_model(loaded: LoadedModel | None) -> None:
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
+    _trim_heap()
+
+
+def _trim_heap() -> None:
+    # glibc keeps freed blocks (tensors below its mmap threshold, which grows after large frees) in the heap; a
+    # node that released its model should not keep hundreds of MB resident. No-op where libc has no malloc_trim.
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)

@@ -327,6 +327,7 @@ class FrameWorker:
         self.batches = 0
         self.max_batch_seen = 0
         self.failure = ""  # set when the thread died of an unexpected error (shown in diagnostics as ERROR)
+        self.busy = False  # a batch is in the model right now (shutdown logs that it waits for it)
 
     def submit(self, camera: int, msg: Any) -> None:
         """Subscription callback body: keep ``msg`` as the camera's newest frame; O(1), never blocks on the model."""
@@ -360,7 +361,11 @@ class FrameWorker:
             while not self._stop.is_set():
                 frames = self._slots.take(timeout=0.1)
                 if frames and not self._stop.is_set():
-                    self.process(frames)
+                    self.busy = True
+                    try:
+                        self.process(frames)
+                    finally:
+                        self.busy = False
         except Exception as err:
             # Bad frames and model failures are handled per frame; anything else (a transport that cannot
             # publish, a bug) ends the thread. Record it so /diagnostics reports ERROR, then let the thread's

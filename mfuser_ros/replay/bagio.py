@@ -35,6 +35,8 @@ __all__ = [
     "BagReadError",
     "TopicInfo",
     "mcap_salvage",
+    "ros1_qos",
+    "ros2_qos",
     "sqlite_salvage",
 ]
 
@@ -50,11 +52,16 @@ class BagReadError(MFuserError):
 
 
 class TopicInfo(NamedTuple):
-    """One topic of the input bag; ``count`` is None when the bag's index is unreadable."""
+    """One topic of the input bag; ``count`` is None when the bag's index is unreadable.
+
+    ``qos`` holds the offered QoS profiles recorded for the topic (rosbags ``Qos``, one per publisher); for a ROS 1
+    bag, what ROS 1 offered (:func:`ros1_qos`); empty when the bag does not say.
+    """
 
     name: str
     msgtype: str
     count: int | None
+    qos: tuple = ()
 
 
 class BagMessage(NamedTuple):
@@ -76,6 +83,47 @@ def _rosbags() -> Any:
     from rosbags.typesys import Stores, get_typestore  # noqa: PLC0415
 
     return get_typestore(Stores.ROS2_HUMBLE)
+
+
+# ---- QoS as rosbag2 records it ---------------------------------------------------------------------------------------
+# rosbag2 stores, per topic, the QoS every publisher offered, as read from discovery: durations the rmw reports as
+# infinite are RMW_DURATION_INFINITE {9223372036 s, 854775807 ns}; liveliness automatic. `ros2 bag play` offers
+# the recorded reliability and durability again, so a best-effort camera stays best effort and a latched topic
+# latched. Metadata version 9 (Jazzy) writes the policies by name, version 8 as integers (rosbags does both).
+_INFINITE = (9223372036, 854775807)
+
+
+def ros2_qos(profile: str, depth: int, transient_local: bool = False) -> Any:
+    """The rosbags ``Qos`` a publisher with a NodeConfig QoS profile offers (see ``NodeConfig.output_qos``)."""
+    from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime  # noqa: PLC0415
+
+    # As on the wire: sensor_data and best_effort are best effort; reliable and system_default (the DDS default)
+    # are reliable.
+    best_effort = profile in ("sensor_data", "best_effort")
+    infinite = QosTime(*_INFINITE)
+    return Qos(history=QosHistory.KEEP_LAST, depth=depth,
+               reliability=QosReliability.BEST_EFFORT if best_effort else QosReliability.RELIABLE,
+               durability=QosDurability.TRANSIENT_LOCAL if transient_local else QosDurability.VOLATILE,
+               deadline=infinite, lifespan=infinite, liveliness=QosLiveliness.AUTOMATIC,
+               liveliness_lease_duration=infinite, avoid_ros_namespace_conventions=False)
+
+
+def ros1_qos(latching: bool) -> Any:
+    """What a ROS 1 publisher offered, in ROS 2 terms: TCPROS is reliable; a latched topic is transient local.
+    The depth is rosbag2's own default (10), which ``ros2 bag play`` uses when a bag names none."""
+    return ros2_qos("reliable", 10, transient_local=latching)
+
+
+def _connection_qos(connections: Sequence[Any]) -> tuple:
+    from rosbags.interfaces import ConnectionExtRosbag1, ConnectionExtRosbag2  # noqa: PLC0415
+
+    profiles: list[Any] = []
+    for connection in connections:
+        if isinstance(connection.ext, ConnectionExtRosbag2):
+            profiles.extend(connection.ext.offered_qos_profiles)
+        elif isinstance(connection.ext, ConnectionExtRosbag1):
+            profiles.append(ros1_qos(bool(connection.ext.latching)))
+    return tuple(dict.fromkeys(profiles))  # one entry per distinct profile, in recording order
 
 
 def _storage_files(path: Path) -> list[Path]:
@@ -332,7 +380,7 @@ class BagInput:
             raise BagReadError(msg)
         out = {}
         for name, info in self._reader.topics.items():
-            out[name] = TopicInfo(name, info.msgtype or "", info.msgcount)
+            out[name] = TopicInfo(name, info.msgtype or "", info.msgcount, _connection_qos(info.connections))
         return out
 
     def deserialize(self, raw: bytes, msgtype: str) -> Any:
@@ -379,12 +427,17 @@ class BagOutput:
     Args:
         path: output directory (must not exist; rosbags never overwrites).
         storage: ``"mcap"`` or ``"sqlite3"``.
-        version: rosbag2 metadata version (8 = Jazzy's; rosbags writes 8 or 9).
+        version: rosbag2 metadata version: 9 is what Jazzy's rosbag2 writes (QoS policies by name), 8 the one
+            before (QoS policies as integers); rosbags writes either.
+
+    Every topic gets offered QoS profiles, in metadata.yaml and in the storage (mcap channel metadata, the sqlite3
+    topics table), as rosbag2 records them: those given to :meth:`set_qos` before its first message, else
+    rosbag2's default profile (keep last 10, reliable, volatile), which ``ros2 bag play`` would use anyway.
     """
 
     path: Path
     storage: str = "mcap"
-    version: int = 8
+    version: int = 9
     counts: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -395,6 +448,7 @@ class BagOutput:
         self.typestore = _rosbags()
         self._writer: Any = None
         self._connections: dict[str, Any] = {}
+        self._qos: dict[str, tuple] = {}
         self._lock = threading.Lock()
 
     def open(self) -> None:
@@ -410,12 +464,22 @@ class BagOutput:
             raise MFuserError(msg) from err
         self._writer = writer
 
+    def set_qos(self, topic: str, profiles: Sequence[Any]) -> None:
+        """The offered QoS profiles (rosbags ``Qos``) to record for ``topic``; call before its first message."""
+        with self._lock:
+            if topic in self._connections:
+                msg = f"{self.path}: QoS of {topic!r} set after its first message"
+                raise MFuserError(msg)
+            self._qos[topic] = tuple(profiles)
+
     def write_raw(self, topic: str, msgtype: str, timestamp_ns: int, raw: bytes) -> None:
         """Write already-serialized ROS 2 CDR bytes."""
         with self._lock:
             connection = self._connections.get(topic)
             if connection is None:
-                connection = self._writer.add_connection(topic, msgtype, typestore=self.typestore)
+                qos = self._qos.get(topic) or (ros2_qos("reliable", 10),)
+                connection = self._writer.add_connection(topic, msgtype, typestore=self.typestore,
+                                                         offered_qos_profiles=qos)
                 self._connections[topic] = connection
             self._writer.write(connection, timestamp_ns, raw)
             self.counts[topic] = self.counts.get(topic, 0) + 1

@@ -34,7 +34,15 @@ from mfuser_ros.node.config import NodeConfig, output_topic
 from mfuser_ros.node.conversions import message_to_rgb
 from mfuser_ros.node.model_loader import LoadedModel, load_model
 from mfuser_ros.node.pipeline import CameraOutputs, FrameWorker, Wanted, stamp_ns
-from mfuser_ros.replay.bagio import IMAGE_TYPE, IMAGE_TYPES, BagInput, BagMessage, BagOutput, BagReadError
+from mfuser_ros.replay.bagio import (
+    IMAGE_TYPE,
+    IMAGE_TYPES,
+    BagInput,
+    BagMessage,
+    BagOutput,
+    BagReadError,
+    ros2_qos,
+)
 from mfuser_ros.replay.evaluation import (
     Evaluator,
     GroundTruthDir,
@@ -273,6 +281,16 @@ class _Run:
         self.montage.set_gt(self.namespaces[camera], stamp, gt)
 
 
+def _record_qos(out_bag: BagOutput, run: _Run, topics: dict[str, Any], config: NodeConfig) -> None:
+    """Copied inputs keep the QoS they were recorded with; the node's outputs get the QoS the node offers."""
+    for topic in [*run.cameras, *run.gt_topics]:
+        out_bag.set_qos(topic, topics[topic].qos)
+    node_qos = ros2_qos(config.output_qos, config.output_qos_depth)
+    for names in run.out_topics.values():
+        for topic in names:
+            out_bag.set_qos(topic, [node_qos])
+
+
 def _copy_input(out_bag: BagOutput, bag: BagInput, timestamp: int, message: BagMessage) -> None:
     raw = message.raw if bag.is_ros2 else out_bag.to_ros2(message)
     out_bag.write_raw(message.topic, message.msgtype, timestamp, raw)
@@ -406,6 +424,7 @@ def run_replay(options: ReplayOptions, *, loaded: LoadedModel | None = None,
         run.worker = worker
         t_start = time.perf_counter()
         out_bag.open()
+        _record_qos(out_bag, run, topics, config)
         player = _Player(run, worker, loaded, config)
         try:
             partial, exit_code = _play(bag, run, player, gt_topics, on_frame)

@@ -30,9 +30,12 @@ from mfuser_ros.node.dds import (
     LabelInfo_,
     Time_,
     VisionClass_,
+    create_reader,
+    create_writer,
     dds_qos,
     dds_topic_name,
     loopback_uri,
+    ros_participant,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,19 +121,14 @@ class Camera:
     """The test side: camera publishers and readers of the node's outputs, on the node's domain."""
 
     def __init__(self, domain_id: int) -> None:
-        from cyclonedds.domain import DomainParticipant
-        from cyclonedds.pub import DataWriter
-        from cyclonedds.sub import DataReader
-        from cyclonedds.topic import Topic
-
-        self.dp = DomainParticipant(domain_id)
+        # Endpoints as a ROS 2 node makes them (type hash in USER_DATA), so rclpy nodes take it as one of theirs.
+        self.dp = ros_participant(domain_id)
 
         def writer(name, cls):
-            return DataWriter(self.dp, Topic(self.dp, dds_topic_name(name), cls), qos=dds_qos("sensor_data", 1))
+            return create_writer(self.dp, dds_topic_name(name), cls, dds_qos("sensor_data", 1))
 
         def reader(name, cls, depth=200, transient_local=False):
-            return DataReader(self.dp, Topic(self.dp, dds_topic_name(name), cls),
-                              qos=dds_qos("reliable", depth, transient_local))
+            return create_reader(self.dp, dds_topic_name(name), cls, dds_qos("reliable", depth, transient_local))
 
         self.front = writer("front/image_raw", Image_)
         self.rear = writer("rear/image_raw/compressed", CompressedImage_)
