@@ -161,12 +161,7 @@ class TestOperator(unittest.TestCase):
             rss_released = rss_mb(pid)
         finally:
             camera.stop()
-        loaded = rss_active - rss_configured
-        print(f"RSS MB: configured {rss_configured:.0f}, active {rss_active:.0f}, deactivated {rss_released:.0f}")
-        assert loaded > 20.0, "loading the model and running frames takes memory"
-        assert rss_released - rss_configured < 0.5 * loaded, "the model's memory did not come back"
-
-        # Cleanup: unconfigured again, so configure-time parameters may change; a second cycle leaks nothing.
+        # Cleanup: unconfigured again, so configure-time parameters may change; then a second cycle.
         self.transition("cleanup", "unconfigured")
         assert "Set parameter successful" in self.param_set("max_batch", "4")
         self.transition("configure", "inactive")
@@ -174,8 +169,14 @@ class TestOperator(unittest.TestCase):
         rss_active_2 = rss_mb(pid)
         self.transition("deactivate", "inactive")
         rss_released_2 = rss_mb(pid)
-        print(f"RSS MB, second cycle: active {rss_active_2:.0f}, deactivated {rss_released_2:.0f}")
-        assert rss_released_2 - rss_released < 0.25 * loaded, "memory grows with every activation"
+        print(f"RSS MB: configured {rss_configured:.0f}; active {rss_active:.0f}, deactivated {rss_released:.0f}; "
+              f"active {rss_active_2:.0f}, deactivated {rss_released_2:.0f}")
+        # What deactivate gives back is the model (weights, activations); the libraries the first load imported
+        # stay imported, which is why the first release ends above the configured level and later ones do not.
+        freed, freed_2 = rss_active - rss_released, rss_active_2 - rss_released_2
+        assert freed > 20.0 and freed_2 > 20.0, "deactivate did not give the model's memory back"
+        assert abs(rss_released_2 - rss_released) < 0.25 * freed, "memory grows with every activation"
+        assert abs(rss_active_2 - rss_active) < 0.25 * freed
         self.cli("lifecycle", "set", "--no-daemon", "--spin-time", "2", NODE, "shutdown",
                  expect="Transitioning successful")
 
