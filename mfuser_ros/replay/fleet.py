@@ -46,7 +46,7 @@ from mfuser_ros.replay.fleet_jobs import (
 from mfuser_ros.replay.fleet_report import BagRecord, failed_record, merge_records, write_fleet_report
 from mfuser_ros.replay.runner import EXIT_BAG_DAMAGED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, ReplayOptions
 
-__all__ = ["FleetOptions", "FleetResult", "main", "run_fleet", "start_local_ray"]
+__all__ = ["FleetOptions", "FleetResult", "connect_ray", "main", "run_fleet", "start_local_ray"]
 
 OnFrame = Callable[[BagJob, int, int], None]
 _MODEL_LOADS = 0  # models loaded by this process (a worker actor reports it with every bag)
@@ -128,6 +128,30 @@ def start_local_ray(num_cpus: float, num_gpus: float | None = 0, object_store_mb
         msg = (f"the local Ray instance came up on {sorted(addresses)}, not 127.0.0.1 only; was `ray` imported "
                "before mfuser-replay-fleet set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0?")
         raise FleetError(msg)
+
+
+def connect_ray(address: str, probe_timeout_s: float = 5.0) -> None:
+    """Join an existing Ray cluster as its driver.
+
+    A ``HOST:PORT`` (or ``ray://HOST:PORT``) address is probed first: Ray itself retries an unreachable address for
+    minutes without a word that helps.
+
+    Raises:
+        FleetError: Ray is missing or the cluster cannot be reached (names the address).
+    """
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if sep and host and port.isdigit():
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=probe_timeout_s).close()
+        except OSError as err:
+            msg = f"--ray-address / RAY_ADDRESS {address!r}: cannot reach the Ray cluster there: {err}"
+            raise FleetError(msg) from err
+    ray = _import_ray()
+    try:
+        ray.init(address=address, configure_logging=False, log_to_driver=True)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        msg = f"--ray-address / RAY_ADDRESS {address!r}: cannot join the Ray cluster: {err}"
+        raise FleetError(msg) from err
 
 
 def _worker_count(ray: Any, options: FleetOptions, jobs: int) -> int:
@@ -273,12 +297,14 @@ def run_fleet(options: FleetOptions, *, on_frame: OnFrame | None = None,
     # Imported only once the mode is known: a local instance must set its loopback switch before the import.
     own_ray = "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
     address = options.ray_address or os.environ.get("RAY_ADDRESS") or None
+    where = ("the Ray session of this process" if not own_ray else
+             f"the Ray cluster at {address}" if address else "a local Ray instance (127.0.0.1)")
     ray_s, interrupted, n_workers = 0.0, None, 0
     if todo:
         if own_ray:
             t0 = time.perf_counter()
             if address:
-                _import_ray().init(address=address, configure_logging=False, log_to_driver=True)
+                connect_ray(address)
             else:
                 wanted = options.workers or max(1, int((os.cpu_count() or 1) // max(options.cpus_per_bag, 1e-9)))
                 start_local_ray(min(wanted, len(todo)) * options.cpus_per_bag,
@@ -302,8 +328,7 @@ def run_fleet(options: FleetOptions, *, on_frame: OnFrame | None = None,
                 finished[0] += 1
                 say(f"[{finished[0]}/{len(todo)}] {_describe(record)}")
 
-            say(f"mfuser-replay-fleet: {n_workers} workers on "
-                f"{address or 'a local Ray instance (127.0.0.1)'}; {options.cpus_per_bag:g} CPU, "
+            say(f"mfuser-replay-fleet: {n_workers} workers on {where}; {options.cpus_per_bag:g} CPU, "
                 f"{options.gpus_per_bag:g} GPU per bag")
             try:
                 _dispatch(ray, todo, spawn, n_workers, options.retries, options.bag_timeout_s, done, say)
@@ -319,7 +344,7 @@ def run_fleet(options: FleetOptions, *, on_frame: OnFrame | None = None,
     ran = [r for r in ordered if not r.resumed]
     job = {"model": options.replay.node.checkpoint or f"preset {options.replay.node.preset} (random weights)",
            "fingerprint": fingerprint, "settings": settings,
-           "cluster": address or ("an existing Ray session" if not own_ray else "local Ray (127.0.0.1)"),
+           "cluster": where,
            "workers": n_workers, "cpus_per_bag": options.cpus_per_bag, "gpus_per_bag": options.gpus_per_bag,
            "retries": options.retries, "bag_timeout_s": options.bag_timeout_s, "wall_s": wall_s, "ray_start_s": ray_s,
            "bags_run": len(ran), "bags_per_minute": 60 * len(ran) / wall_s if ran and wall_s > 0 else 0.0,

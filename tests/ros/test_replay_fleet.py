@@ -34,7 +34,7 @@ pytest.importorskip("rosbags.rosbag2", reason="rosbags is part of the [ros] extr
 if importlib.util.find_spec("ray") is None:
     pytest.skip("ray is part of the [fleet] extra", allow_module_level=True)
 
-from mfuser_ros.replay.fleet import FleetOptions, main, run_fleet, start_local_ray
+from mfuser_ros.replay.fleet import FleetOptions, connect_ray, main, run_fleet, start_local_ray
 
 CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "tiny-eva02-synthetic.safetensors"
 CAMERAS = [DemoCamera("cam_game", "game"), DemoCamera("cam_fog", "fog", compressed=True)]
@@ -231,6 +231,13 @@ def test_the_local_ray_instance_listens_on_loopback_only(ray_session):
 
 
 # -- without Ray ----------------------------------------------------------------------------------------------------
+def test_an_unreachable_cluster_address_fails_at_once_with_its_name():
+    t0 = time.monotonic()
+    with pytest.raises(FleetError, match=r"'127.0.0.1:1': cannot reach the Ray cluster"):
+        connect_ray("127.0.0.1:1")
+    assert time.monotonic() - t0 < 10
+
+
 def test_bags_come_from_paths_globs_and_list_files(bags, tmp_path):
     root = bags[0].parent
     listing = tmp_path / "list.txt"
