@@ -21,7 +21,7 @@ from mfuser_model.errors import CheckpointError, ConfigError
 from mfuser_model.fileio import atomic_path
 from mfuser_model.network.mfuser import MFuser, build_mfuser
 
-__all__ = ["FORMAT", "build_model", "load_model", "read_model_metadata", "save_model"]
+__all__ = ["FORMAT", "build_model", "load_model", "read_model_config", "read_model_metadata", "save_model"]
 
 FORMAT = "mfuser-model/1"
 
@@ -57,17 +57,23 @@ def read_model_metadata(path: str | Path) -> dict[str, str]:
     return metadata
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> MFuser:
-    """Rebuild an MFuser from a file written by :func:`save_model` (or ``mfuser-convert``)."""
+def read_model_config(path: str | Path) -> ModelConfig:
+    """The model config stored in a whole-model file (class names, palette, sizes), without loading its tensors."""
     path = Path(path)
     metadata = read_model_metadata(path)
     try:
-        config = dataclass_from_dict(ModelConfig, json.loads(metadata["config"]), where=f"{path} [config]")
+        return dataclass_from_dict(ModelConfig, json.loads(metadata["config"]), where=f"{path} [config]")
     except (KeyError, json.JSONDecodeError) as err:
         msg = f"{path}: model config in the metadata is missing or corrupt ({err})"
         raise CheckpointError(msg) from None
     except ConfigError as err:
         raise CheckpointError(str(err)) from None
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> MFuser:
+    """Rebuild an MFuser from a file written by :func:`save_model` (or ``mfuser-convert``)."""
+    path = Path(path)
+    config = read_model_config(path)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as err:
