@@ -24,7 +24,7 @@ from mfuser_ros.replay.runner import (
     run_replay,
 )
 
-__all__ = ["build_parser", "main", "options_from_args"]
+__all__ = ["add_replay_arguments", "build_parser", "main", "options_from_args"]
 
 
 def _parse_gt_topics(values: Sequence[str]) -> dict[str, str]:
@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bag", type=Path, help="rosbag2 directory, .mcap, .db3 or ROS 1 .bag")
     p.add_argument("--out", type=Path, required=True, help="report folder: output bag, metrics.json, report.md")
+    add_replay_arguments(p)
+    return p
+
+
+def add_replay_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of one bag's replay (model, topics, ground truth, outputs); mfuser-replay-fleet shares them."""
     p.add_argument("--checkpoint", help="whole-model .safetensors file (mfuser-train output)")
     p.add_argument("--preset", help="model preset (with --checkpoint: must match; alone: random weights)")
     p.add_argument("--config", type=Path, help="node parameter file (ROS 2 YAML, e.g. config/mfuser_node.yaml)")
@@ -64,7 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--montage-rows", type=int, default=8, help="sampled frames in montage.png (0: none)")
     p.add_argument("--max-frames", type=int, default=0, help="stop after this many camera frames (0: all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
 
 
 def options_from_args(args: argparse.Namespace) -> ReplayOptions:

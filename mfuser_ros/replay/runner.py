@@ -13,7 +13,8 @@ Outputs in ``--out``: a rosbag2 (mcap by default, ``--storage sqlite3``) with th
 ``<camera>/mfuser/labels`` (mono8) and ``<camera>/mfuser/color`` (bgr8), input headers copied (``--outputs`` adds
 overlay, confidence and the ``<kind>/compressed`` topics), and ``<camera>/mfuser/camera_info`` (scaled to the output
 size, paired by stamp) when the bag has the camera's CameraInfo topic; ``metrics.json`` (with the legend);
-``report.md``; ``montage.png``. Ground truth comes from label topics (``<camera>/ground_truth/labels``, mono8,
+``report.md``; ``montage.png``; ``frames.csv`` (one row per frame: latency, and the frame's mIoU and pixel accuracy
+where it met ground truth). Ground truth comes from label topics (``<camera>/ground_truth/labels``, mono8,
 matched by header stamp) or a folder of PNGs (``--gt-dir``). Ctrl-C, or a bag that breaks off, still leaves a
 valid bag and a report marked partial.
 """
@@ -60,6 +61,7 @@ from mfuser_ros.replay.evaluation import (
     to_train_ids,
     write_report,
 )
+from mfuser_ros.replay.frame_log import FrameLog
 
 __all__ = ["GT_SUFFIX", "ReplayError", "ReplayOptions", "ReplayResult", "find_camera_topics", "run_replay"]
 
@@ -121,6 +123,9 @@ class ReplayResult:
     report_md: Path
     montage_png: Path | None
     exit_code: int
+    frames_csv: Path | None = None
+    frame_log: FrameLog | None = None  # in-process only: per-frame latency and scores (fleet jobs merge them)
+    evaluator: Evaluator | None = None  # in-process only: the per-camera confusion matrices
 
 
 def _is_output_or_gt(topic: str) -> bool:
@@ -218,6 +223,7 @@ class _Run:
         self.lut = gt_lut(options.gt_format)
         self.gt_dir = GroundTruthDir(options.gt_dir, options.gt_key) if options.gt_dir else None
         self.gt_missing = [0] * len(cameras)
+        self.frame_log = FrameLog()
         per_camera = max(1, expected // max(1, len(cameras)))
         rows_per_camera = max(1, options.montage_rows // max(1, len(cameras)))
         self.montage = Montage(every=max(1, per_camera // rows_per_camera), max_rows=options.montage_rows,
@@ -274,10 +280,12 @@ class _Run:
                 self._batch_seen = self.worker.batches  # frames of one batch share its model time
                 self.model_s += outputs.timing.model_ms / 1e3
             if self.options.realtime:
-                self.latency[camera].append((self.clock_ns() - stamp) / 1e6)
+                latency_ms = (self.clock_ns() - stamp) / 1e6
             else:
                 t = outputs.timing
-                self.latency[camera].append(t.decode_ms + t.model_ms + t.encode_ms + write_ms)
+                latency_ms = t.decode_ms + t.model_ms + t.encode_ms + write_ms
+            self.latency[camera].append(latency_ms)
+            self.frame_log.add(self.namespaces[camera], index, stamp, latency_ms)
             if self.montage.wants(index):
                 self.montage.add(self.namespaces[camera], stamp, message_to_rgb(message.msg), labels)
             if self.gt_dir is not None:
@@ -305,7 +313,8 @@ class _Run:
                       bag.compressed(header, image.format, image.data))
 
     def _evaluate(self, camera: int, stamp: int, pred: np.ndarray, gt: np.ndarray) -> None:
-        self.evaluator.add(self.namespaces[camera], pred, gt)
+        frame = self.evaluator.add(self.namespaces[camera], pred, gt)
+        self.frame_log.score(self.namespaces[camera], stamp, frame)
         self.montage.set_gt(self.namespaces[camera], stamp, gt)
 
 
@@ -471,7 +480,9 @@ def run_replay(options: ReplayOptions, *, loaded: LoadedModel | None = None,
     montage_path = options.out / "montage.png"
     has_montage = options.montage_rows > 0 and run.montage.save(montage_path)
     json_path, md_path = write_report(options.out, summary, run.evaluator, montage_path.name if has_montage else None)
-    return ReplayResult(summary, out_bag_path, json_path, md_path, montage_path if has_montage else None, exit_code)
+    frames_csv = run.frame_log.write_csv(options.out / "frames.csv")
+    return ReplayResult(summary, out_bag_path, json_path, md_path, montage_path if has_montage else None, exit_code,
+                        frames_csv=frames_csv, frame_log=run.frame_log, evaluator=run.evaluator)
 
 
 class _Player:
