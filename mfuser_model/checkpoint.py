@@ -27,7 +27,7 @@ from mfuser_model.errors import CheckpointError, ConfigError
 from mfuser_model.fileio import DIGEST_ALGORITHM, atomic_path, tensor_digest
 from mfuser_model.network.mfuser import MFuser, build_mfuser
 
-__all__ = ["FORMAT", "build_model", "load_model", "read_model_metadata", "save_model"]
+__all__ = ["FORMAT", "build_model", "load_model", "read_model_config", "read_model_metadata", "save_model"]
 
 FORMAT = "mfuser-model/1"
 DIGEST_KEY = f"tensors_{DIGEST_ALGORITHM}"
@@ -65,6 +65,19 @@ def read_model_metadata(path: str | Path) -> dict[str, str]:
     return metadata
 
 
+def read_model_config(path: str | Path) -> ModelConfig:
+    """The model config stored in a whole-model file (class names, palette, sizes), without loading its tensors."""
+    path = Path(path)
+    metadata = read_model_metadata(path)
+    try:
+        return dataclass_from_dict(ModelConfig, json.loads(metadata["config"]), where=f"{path} [config]")
+    except (KeyError, json.JSONDecodeError) as err:
+        msg = f"{path}: model config in the metadata is missing or corrupt ({err})"
+        raise CheckpointError(msg) from None
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu", verify: bool = True) -> MFuser:
     """Rebuild an MFuser from a file written by :func:`save_model` (or ``mfuser-convert``).
 
@@ -72,14 +85,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", verify: boo
         verify: check the tensors against the file's digest (a CheckpointError names the file when they differ).
     """
     path = Path(path)
+    config = read_model_config(path)
     metadata = read_model_metadata(path)
-    try:
-        config = dataclass_from_dict(ModelConfig, json.loads(metadata["config"]), where=f"{path} [config]")
-    except (KeyError, json.JSONDecodeError) as err:
-        msg = f"{path}: model config in the metadata is missing or corrupt ({err})"
-        raise CheckpointError(msg) from None
-    except ConfigError as err:
-        raise CheckpointError(str(err)) from None
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as err:

@@ -149,13 +149,10 @@ class BagWorker:
     def __init__(self, base: ReplayOptions, fingerprint: str, out_root: Path, worst: int, threads: int,
                  on_frame: OnFrame | None = None) -> None:
         global _MODEL_LOADS  # noqa: PLW0603 - one counter per worker process
-        import cv2  # noqa: PLC0415
-        import torch  # noqa: PLC0415
-
+        from mfuser_model.threads import apply_threads  # noqa: PLC0415
         from mfuser_ros.node.model_loader import load_model  # noqa: PLC0415
 
-        torch.set_num_threads(threads)
-        cv2.setNumThreads(1)
+        apply_threads(threads)  # the project's policy, with the CPUs this worker declared
         self.base, self.fingerprint, self.out_root, self.worst, self.on_frame = (base, fingerprint, out_root, worst,
                                                                                 on_frame)
         self.loaded, self.error = None, None
@@ -218,6 +215,8 @@ def _dispatch(ray: Any, jobs: Sequence[BagJob], spawn: Callable[[], Any], n_work
                     why = (f"timed out after {timeout_s:g} s" if run.timed_out
                            else f"the worker died: {str(err).strip().splitlines()[0]}")
                     record = failed_record(str(run.job.bag), run.job.bag_id, why, run.attempt)
+                    # Unreachable is not always dead: make sure it no longer writes into the bag's folder.
+                    ray.kill(workers[run.worker], no_restart=True)
                     workers[run.worker] = spawn()  # a fresh process, which loads the model once
                 except (RayError, MFuserError) as err:
                     record = failed_record(str(run.job.bag), run.job.bag_id, str(err).strip().splitlines()[-1],

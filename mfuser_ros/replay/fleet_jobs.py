@@ -196,15 +196,16 @@ def replay_bag(job: BagJob, base: ReplayOptions, loaded: LoadedModel, fingerprin
                on_frame: Callable[[BagJob, int, int], None] | None = None) -> tuple[BagRecord, bool]:
     """Replay one bag with the already loaded model, write its complete result; returns (record, retryable).
 
-    The bag's folder is emptied first: it holds at most what an interrupted earlier attempt left (a half-written
-    output bag the runner would refuse to overwrite). Errors become a ``failed`` record instead of an exception:
-    an :class:`MFuserError` (bad bag, bad topic) is the input's fault and not worth retrying; anything else
-    (an I/O error, CUDA out of memory) may pass, so it is retryable.
+    The bag's folder is emptied first: the driver hands out only bags without a complete result (or all, with
+    ``--redo``), so it holds what an earlier attempt left, e.g. a half-written output bag the runner would refuse to
+    overwrite. Errors become a ``failed`` record instead of an exception: an :class:`MFuserError` (bad bag, bad
+    topic) is the input's fault and not worth retrying; anything else (an I/O error, CUDA out of memory) may pass,
+    so it is retryable.
 
     Args:
         on_frame: called with (job, attempt, frames read) after each frame (tests inject faults here).
     """
-    if job.out_dir.exists() and not job.result_path.exists():
+    if job.out_dir.exists():
         shutil.rmtree(job.out_dir)
     options = replace(base, bag=job.bag, out=job.out_dir, progress=False)
     hook = None if on_frame is None else (lambda n: on_frame(job, attempt, n))

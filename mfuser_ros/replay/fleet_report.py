@@ -107,6 +107,9 @@ class BagRecord:
             if data["version"] != RECORD_VERSION:
                 msg = f"{where}: record version {data['version']!r}, this tool reads {RECORD_VERSION}"
                 raise MFuserError(msg)
+            if data["status"] not in ("ok", "partial", "failed"):
+                msg = f"{where}: status {data['status']!r} is not ok, partial or failed"
+                raise MFuserError(msg)
             cameras = {}
             for name, c in data["cameras"].items():
                 counts = np.asarray(c["counts"], dtype=np.int64)

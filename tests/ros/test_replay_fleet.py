@@ -140,6 +140,10 @@ def test_a_resumed_job_skips_complete_bags_and_reruns_the_rest(three_bag_job, ba
     assert [b["bag_id"] for b in third.merged["bags"] if not b["resumed"]] == [bag_id(bags[1])]
     np.testing.assert_array_equal(third.merged["overall"]["metrics"]["confusion_counts"],
                                   first.merged["overall"]["metrics"]["confusion_counts"])
+    # --redo replays a complete bag (its old outputs go first: the runner refuses to overwrite an output bag).
+    redone = run_fleet(_fleet(bags[:1], base, out, redo=True), log=lambda _: None)
+    assert redone.exit_code == EXIT_OK and redone.merged["bags_resumed"] == 0 and redone.job["bags_run"] == 1
+    np.testing.assert_array_equal(redone.records[0].matrix().counts_array(), first.records[0].matrix().counts_array())
     # Results made with other settings are never mixed in.
     with pytest.raises(FleetError, match="other settings"):
         run_fleet(_fleet(bags, replace(base, max_frames=1), out), log=lambda _: None)
