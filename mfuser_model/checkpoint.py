@@ -6,9 +6,9 @@ The file carries every tensor (frozen encoders included) and, in the safetensors
 no tokenizer: the class-name token ids are a tensor in the file.
 
 Loading checks the digest by default: safetensors has no checksum of its own, so a flipped bit in the tensor data
-would otherwise change the weights silently. It costs one pass over the tensors (2-10 s for a full-size model
-on one core, next to the tens of seconds a load takes); ``verify=False`` skips it. Files without a digest (written
-before it existed) load unverified.
+would otherwise change the weights silently. It costs one pass over the tensors (about 3 s for a full-size model
+on one core, ``benchmarks/file_digest.py``), which a node pays once at start-up; ``verify=False`` skips it.
+Files without a digest (written before it existed) load unverified.
 """
 
 from __future__ import annotations
