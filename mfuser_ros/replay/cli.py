@@ -17,6 +17,7 @@ from mfuser_ros.replay.runner import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     GT_SUFFIX,
+    OPTIONAL_OUTPUTS,
     ReplayError,
     ReplayOptions,
     ReplayResult,
@@ -64,8 +65,8 @@ def add_replay_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="output bag storage")
     p.add_argument("--realtime", action="store_true", help="play at the recorded rate and drop frames as the node")
     p.add_argument("--rate", type=float, default=1.0, help="playback speed factor for --realtime")
-    p.add_argument("--outputs", nargs="*", default=["color"], choices=("color", "overlay", "confidence"),
-                   help="outputs besides labels (default: color)")
+    p.add_argument("--outputs", nargs="*", default=["color"], choices=OPTIONAL_OUTPUTS,
+                   help="outputs besides labels and camera_info (default: color)")
     p.add_argument("--montage-rows", type=int, default=8, help="sampled frames in montage.png (0: none)")
     p.add_argument("--max-frames", type=int, default=0, help="stop after this many camera frames (0: all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
