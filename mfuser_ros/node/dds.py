@@ -44,14 +44,16 @@ import numpy as np
 
 from mfuser_model.classes import CITYSCAPES_CLASSES
 from mfuser_ros.errors import TransportError
+from mfuser_ros.node.camera_info import CameraInfoData
 from mfuser_ros.node.config import NodeConfig, is_compressed_topic, output_topic
-from mfuser_ros.node.conversions import OutputImage
+from mfuser_ros.node.conversions import CompressedOutput, OutputImage
 from mfuser_ros.node.pipeline import CameraOutputs, FrameWorker, SegmentationPipeline, Wanted
 from mfuser_ros.node.stats import DiagnosticStatusData, DiagnosticThresholds
 from mfuser_ros.node.type_hash import user_data
 
 __all__ = [
     "ROS_TYPE_NAMES",
+    "CameraInfo_",
     "CompressedImage_",
     "DdsSegmentationNode",
     "DiagnosticArray_",
@@ -61,6 +63,7 @@ __all__ = [
     "LabelInfo_",
     "NodeEntitiesInfo_",
     "ParticipantEntitiesInfo_",
+    "RegionOfInterest_",
     "Time_",
     "announce_node",
     "create_reader",
@@ -111,6 +114,34 @@ class CompressedImage_(IdlStruct, typename="sensor_msgs.msg.dds_.CompressedImage
     header: Header_ = field(default_factory=Header_)
     format: str = ""
     data: types.sequence[types.uint8] = b""
+
+
+@dataclass
+class RegionOfInterest_(IdlStruct, typename="sensor_msgs.msg.dds_.RegionOfInterest_"):  # noqa: N801
+    """sensor_msgs/RegionOfInterest."""
+
+    x_offset: types.uint32 = 0
+    y_offset: types.uint32 = 0
+    height: types.uint32 = 0
+    width: types.uint32 = 0
+    do_rectify: bool = False
+
+
+@dataclass
+class CameraInfo_(IdlStruct, typename="sensor_msgs.msg.dds_.CameraInfo_"):  # noqa: N801
+    """sensor_msgs/CameraInfo (``float64[9]`` is a fixed IDL array: no length on the wire)."""
+
+    header: Header_ = field(default_factory=Header_)
+    height: types.uint32 = 0
+    width: types.uint32 = 0
+    distortion_model: str = ""
+    d: types.sequence[types.float64] = field(default_factory=list)
+    k: types.array[types.float64, 9] = field(default_factory=lambda: [0.0] * 9)
+    r: types.array[types.float64, 9] = field(default_factory=lambda: [0.0] * 9)
+    p: types.array[types.float64, 12] = field(default_factory=lambda: [0.0] * 12)
+    binning_x: types.uint32 = 0
+    binning_y: types.uint32 = 0
+    roi: RegionOfInterest_ = field(default_factory=RegionOfInterest_)
 
 
 @dataclass
@@ -185,6 +216,7 @@ class ParticipantEntitiesInfo_(IdlStruct, typename="rmw_dds_common.msg.dds_.Part
 ROS_TYPE_NAMES: dict[type, str] = {
     Image_: "sensor_msgs/msg/Image",
     CompressedImage_: "sensor_msgs/msg/CompressedImage",
+    CameraInfo_: "sensor_msgs/msg/CameraInfo",
     DiagnosticArray_: "diagnostic_msgs/msg/DiagnosticArray",
     LabelInfo_: "vision_msgs/msg/LabelInfo",
     ParticipantEntitiesInfo_: "rmw_dds_common/msg/ParticipantEntitiesInfo",
@@ -326,6 +358,20 @@ def to_dds_image(header: Any, image: OutputImage) -> Image_:
                   is_bigendian=0, step=image.step, data=image.data)
 
 
+def to_dds_compressed(header: Any, image: CompressedOutput) -> CompressedImage_:
+    """A compressed output as a DDS CompressedImage_ carrying ``header`` unchanged."""
+    return CompressedImage_(header=header, format=image.format, data=image.data)
+
+
+def to_dds_camera_info(info: CameraInfoData) -> CameraInfo_:
+    """CameraInfoData -> CameraInfo_ (header = the labels' header, a Header_ from the DDS input)."""
+    roi = info.roi
+    return CameraInfo_(header=info.header, height=info.height, width=info.width,
+                       distortion_model=info.distortion_model, d=list(info.d), k=list(info.k), r=list(info.r),
+                       p=list(info.p), binning_x=info.binning_x, binning_y=info.binning_y,
+                       roi=RegionOfInterest_(roi.x_offset, roi.y_offset, roi.height, roi.width, roi.do_rectify))
+
+
 def to_dds_diagnostics(statuses: list[DiagnosticStatusData], now_ns: int) -> DiagnosticArray_:
     """Transport-free statuses -> DiagnosticArray_ stamped ``now_ns``."""
     return DiagnosticArray_(
@@ -337,6 +383,7 @@ def to_dds_diagnostics(statuses: list[DiagnosticStatusData], now_ns: int) -> Dia
 # ---- the node ------------------------------------------------------------------------------------------------
 
 _KINDS = ("labels", "color", "overlay", "confidence")
+_COMPRESSED_KINDS = ("labels", "color", "overlay")  # <kind>/compressed (image_transport naming)
 
 
 class _DdsSink:
@@ -345,17 +392,20 @@ class _DdsSink:
     def __init__(self, participant: DomainParticipant, config: NodeConfig, namespace: str, node_name: str) -> None:
         qos = dds_qos(config.output_qos, config.output_qos_depth)
         self.writers: list[dict[str, DataWriter]] = []
+        outputs = ([(kind, Image_) for kind in _KINDS]
+                   + [(f"{kind}/compressed", CompressedImage_) for kind in _COMPRESSED_KINDS]
+                   + [("camera_info", CameraInfo_)])
         for camera in config.camera_namespaces():
             writers = {}
-            for kind in _KINDS:
+            for kind, msg_type in outputs:
                 writers[kind] = create_writer(
-                    participant, dds_topic_name(output_topic(camera, kind), namespace, node_name), Image_, qos)
+                    participant, dds_topic_name(output_topic(camera, kind), namespace, node_name), msg_type, qos)
             self.writers.append(writers)
 
     def wanted(self, camera: int) -> Wanted:
         writers = self.writers[camera]
-        return Wanted(*(writers[k].get_publication_matched_status().current_count > 0
-                        for k in ("color", "overlay", "confidence")))
+        return Wanted(*(writers[k].get_publication_matched_status().current_count > 0 for k in (
+            "color", "overlay", "confidence", "labels/compressed", "color/compressed", "overlay/compressed")))
 
     def publish(self, outputs: CameraOutputs) -> None:
         writers = self.writers[outputs.camera]
@@ -363,6 +413,11 @@ class _DdsSink:
             image = getattr(outputs, kind)
             if image is not None:
                 writers[kind].write(to_dds_image(outputs.header, image))
+        for kind, image in outputs.compressed.items():
+            writers[f"{kind}/compressed"].write(to_dds_compressed(outputs.header, image))
+
+    def publish_camera_info(self, camera: int, info: CameraInfoData) -> None:
+        self.writers[camera]["camera_info"].write(to_dds_camera_info(info))
 
 
 class DdsSegmentationNode:
@@ -388,7 +443,8 @@ class DdsSegmentationNode:
         self.cameras = config.camera_namespaces()
         self.sink = _DdsSink(self.participant, config, namespace, node_name)
         self.worker = FrameWorker(pipeline, self.cameras, self.sink, clock_ns=clock_ns, warn=warn,
-                                  log_throttle_s=config.log_throttle_s, stats_window_s=config.stats_window_s)
+                                  log_throttle_s=config.log_throttle_s, stats_window_s=config.stats_window_s,
+                                  camera_info_timeout_s=config.camera_info_timeout_s)
         self._limits = DiagnosticThresholds(config.latency_warn_ms, config.latency_error_ms,
                                             config.min_output_fps_warn)
         in_qos = dds_qos(config.input_qos, config.input_qos_depth)
@@ -398,6 +454,10 @@ class DdsSegmentationNode:
             listener = Listener(on_data_available=self._on_data(index))
             self.readers.append(create_reader(self.participant, dds_topic_name(topic_name, namespace, node_name),
                                               msg_type, in_qos, listener))
+        for index, topic_name in enumerate(config.camera_info_topic_names()):
+            listener = Listener(on_data_available=self._on_camera_info(index))
+            self.readers.append(create_reader(self.participant, dds_topic_name(topic_name, namespace, node_name),
+                                              CameraInfo_, in_qos, listener))
         self.diagnostics_writer = create_writer(self.participant, dds_topic_name("/diagnostics"), DiagnosticArray_,
                                                 dds_qos("reliable", 10))
         latched = dds_qos("reliable", 1, transient_local=True)
@@ -418,6 +478,12 @@ class DdsSegmentationNode:
             # Take everything queued; each newer sample replaces the older one in the latest slot (a counted drop).
             for sample in reader.take(N=16):
                 self.worker.submit(camera, sample)
+        return callback
+
+    def _on_camera_info(self, camera: int) -> "Callable[[DataReader], None]":
+        def callback(reader: DataReader) -> None:
+            for sample in reader.take(N=16):
+                self.worker.submit_camera_info(camera, sample)
         return callback
 
     def start(self) -> None:

@@ -25,6 +25,11 @@ MESSAGE_DEFINITIONS: dict[str, str] = {
     "sensor_msgs/msg/Image": ("std_msgs/Header header\nuint32 height\nuint32 width\nstring encoding\n"
                               "uint8 is_bigendian\nuint32 step\nuint8[] data"),
     "sensor_msgs/msg/CompressedImage": "std_msgs/Header header\nstring format\nuint8[] data",
+    "sensor_msgs/msg/RegionOfInterest": ("uint32 x_offset\nuint32 y_offset\nuint32 height\nuint32 width\n"
+                                         "bool do_rectify"),
+    "sensor_msgs/msg/CameraInfo": ("std_msgs/Header header\nuint32 height\nuint32 width\nstring distortion_model\n"
+                                   "float64[] d\nfloat64[9] k\nfloat64[9] r\nfloat64[12] p\nuint32 binning_x\n"
+                                   "uint32 binning_y\nRegionOfInterest roi"),
     "diagnostic_msgs/msg/KeyValue": "string key\nstring value",
     "diagnostic_msgs/msg/DiagnosticStatus": ("byte level\nstring name\nstring message\nstring hardware_id\n"
                                              "diagnostic_msgs/KeyValue[] values"),

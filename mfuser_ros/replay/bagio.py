@@ -25,9 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from mfuser_model.errors import MFuserError
+from mfuser_ros.node.camera_info import CameraInfoData, camera_info_from_message
 
 __all__ = [
+    "CAMERA_INFO_TYPE",
+    "COMPRESSED_TYPE",
     "IMAGE_TYPES",
     "BagInput",
     "BagMessage",
@@ -43,6 +48,7 @@ __all__ = [
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 IMAGE_TYPES: frozenset[str] = frozenset({IMAGE_TYPE, COMPRESSED_TYPE})
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 
 _MCAP_MAGIC = b"\x89MCAP0\r\n"
 
@@ -430,14 +436,17 @@ class BagOutput:
         version: rosbag2 metadata version: 9 is what Jazzy's rosbag2 writes (QoS policies by name), 8 the one
             before (QoS policies as integers); rosbags writes either.
 
+        default_qos: offered QoS profiles of topics not given to :meth:`set_qos`. Where neither names any:
+            rosbag2's default profile (keep last 10, reliable, volatile), which ``ros2 bag play`` would use anyway.
+
     Every topic gets offered QoS profiles, in metadata.yaml and in the storage (mcap channel metadata, the sqlite3
-    topics table), as rosbag2 records them: those given to :meth:`set_qos` before its first message, else
-    rosbag2's default profile (keep last 10, reliable, volatile), which ``ros2 bag play`` would use anyway.
+    topics table), as rosbag2 records them.
     """
 
     path: Path
     storage: str = "mcap"
     version: int = 9
+    default_qos: tuple = ()
     counts: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -477,7 +486,8 @@ class BagOutput:
         with self._lock:
             connection = self._connections.get(topic)
             if connection is None:
-                qos = self._qos.get(topic) or (ros2_qos("reliable", 10),)
+                qos = self._qos.get(topic, self.default_qos)
+                qos = qos or (ros2_qos("reliable", 10),)  # what `ros2 bag play` assumes for a bag that names none
                 connection = self._writer.add_connection(topic, msgtype, typestore=self.typestore,
                                                          offered_qos_profiles=qos)
                 self._connections[topic] = connection
@@ -494,15 +504,33 @@ class BagOutput:
         return self.typestore.types[IMAGE_TYPE](header=header, height=height, width=width, encoding=encoding,
                                                 is_bigendian=0, step=int(data.strides[0]), data=data.reshape(-1))
 
+    def compressed(self, header: Any, fmt: str, data: Any) -> Any:
+        """A sensor_msgs/CompressedImage with ``header``, ``format`` and the encoded bytes."""
+        return self.typestore.types[COMPRESSED_TYPE](header=header, format=fmt, data=data)
+
+    def camera_info(self, info: CameraInfoData, header: Any | None = None) -> Any:
+        """A sensor_msgs/CameraInfo of ``info`` (with ``header`` in place of its own, e.g. a ROS 2 copy of it)."""
+        types = self.typestore.types
+        roi = types["sensor_msgs/msg/RegionOfInterest"](x_offset=info.roi.x_offset, y_offset=info.roi.y_offset,
+                                                         height=info.roi.height, width=info.roi.width,
+                                                         do_rectify=info.roi.do_rectify)
+        return types[CAMERA_INFO_TYPE](
+            header=info.header if header is None else header, height=info.height, width=info.width,
+            distortion_model=info.distortion_model, d=np.array(info.d, dtype=np.float64),
+            k=np.array(info.k, dtype=np.float64), r=np.array(info.r, dtype=np.float64),
+            p=np.array(info.p, dtype=np.float64), binning_x=info.binning_x, binning_y=info.binning_y, roi=roi)
+
     def to_ros2(self, message: BagMessage) -> bytes:
-        """CDR bytes of an input image message: the bytes themselves for ROS 2, rebuilt for ROS 1."""
+        """CDR bytes of an input image or CameraInfo message: the bytes themselves for ROS 2, rebuilt for ROS 1."""
         msg = message.msg
         types = self.typestore.types
         stamp = msg.header.stamp
         header = types["std_msgs/msg/Header"](
             stamp=types["builtin_interfaces/msg/Time"](sec=int(stamp.sec), nanosec=int(stamp.nanosec)),
             frame_id=str(msg.header.frame_id))
-        if message.msgtype == COMPRESSED_TYPE:
+        if message.msgtype == CAMERA_INFO_TYPE:
+            out = self.camera_info(camera_info_from_message(msg), header)
+        elif message.msgtype == COMPRESSED_TYPE:
             out = types[COMPRESSED_TYPE](header=header, format=msg.format, data=msg.data)
         else:
             out = types[IMAGE_TYPE](header=header, height=msg.height, width=msg.width, encoding=msg.encoding,

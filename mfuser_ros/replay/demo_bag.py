@@ -24,7 +24,7 @@ import numpy as np
 from mfuser_model.classes import CITYSCAPES_LABEL_TO_TRAIN, IGNORE_INDEX
 from mfuser_model.errors import MFuserError
 from mfuser_model.synthetic.scenes import render_scene
-from mfuser_ros.replay.bagio import COMPRESSED_TYPE, IMAGE_TYPE, BagOutput
+from mfuser_ros.replay.bagio import COMPRESSED_TYPE, IMAGE_TYPE, BagOutput, ros2_qos
 
 __all__ = ["DemoCamera", "main", "make_demo_bag"]
 
@@ -71,6 +71,11 @@ def make_demo_bag(out: str | Path, cameras: Sequence[DemoCamera], frames: int = 
     bag = BagOutput(Path(out), storage=storage)
     types = bag.typestore.types
     with bag:
+        # Recorded as a camera driver publishes (sensor-data QoS) and a labelling tool (reliable).
+        for cam in cameras:
+            topic = f"/{cam.name}/image_raw" + ("/compressed" if cam.compressed else "")
+            bag.set_qos(topic, [ros2_qos("sensor_data", 5)])
+            bag.set_qos(f"/{cam.name}/ground_truth/labels", [ros2_qos("reliable", 10)])
         for i in range(frames):
             for k, cam in enumerate(cameras):
                 rgb, labels = _render(cam.style, seed + 1000 * k + i, height, width)
