@@ -176,7 +176,6 @@ class TestOperator(unittest.TestCase):
         freed, freed_2 = rss_active - rss_released, rss_active_2 - rss_released_2
         assert freed > 20.0 and freed_2 > 20.0, "deactivate did not give the model's memory back"
         assert abs(rss_released_2 - rss_released) < 0.25 * freed, "memory grows with every activation"
-        assert abs(rss_active_2 - rss_active) < 0.25 * freed
         self.cli("lifecycle", "set", "--no-daemon", "--spin-time", "2", NODE, "shutdown",
                  expect="Transitioning successful")
 
