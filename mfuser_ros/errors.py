@@ -25,12 +25,14 @@ class TransportError(MFuserError):
 
 
 def clip(value: Any, limit: int = FIELD_LIMIT) -> str:
-    """``repr(value)`` cut to ``limit`` characters, saying how long it was, for log lines about untrusted input.
+    """``value`` as one line of at most ``limit`` characters (plus a note of its length), for log lines and errors
+    about untrusted input.
 
-    A sender controls the strings of its messages; echoing a 10,000-character encoding field in full would flood the
-    log, so every such field goes through this helper.
+    A sender controls the strings of its messages: echoing a 10,000-character encoding field in full would flood the
+    log, and a newline inside one could forge log lines, so control characters are escaped (``repr`` style, without
+    the quotes) and the text is cut.
     """
-    text = repr(value) if isinstance(value, (str, bytes)) else str(value)
+    text = repr(value)[1:-1] if isinstance(value, str) else str(value)
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(text)} characters)"

@@ -22,10 +22,13 @@ from pathlib import Path
 from mfuser_model.config_io import parse_override
 from mfuser_model.errors import MFuserError
 from mfuser_ros.node.config import NodeConfig, load_node_config, node_config_from_params
+from mfuser_ros.node.pipeline import leave_process
 
 __all__ = ["build_parser", "main"]
 
 READY_LINE = "mfuser-node: ready"
+# Exit status when the worker thread died of an unexpected error (2 is a configuration error).
+EXIT_WORKER_FAILED = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,23 +73,51 @@ def _run_dds(args: argparse.Namespace, config: NodeConfig) -> int:
     def warn(message: str) -> None:
         print(f"[WARN] {message}", file=sys.stderr, flush=True)
 
-    node = DdsSegmentationNode(config, loaded.pipeline, domain_id=args.domain_id, namespace=args.namespace,
-                               node_name=args.node_name, class_names=loaded.class_names, warn=warn)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    node.start()
-    print(READY_LINE, flush=True)
-    deadline = time.monotonic() + args.duration if args.duration > 0 else None
-    while not stop.wait(0.2):
-        if deadline is not None and time.monotonic() >= deadline:
-            break
-    node.stop()
-    for camera, stats in zip(node.cameras, node.worker.stats, strict=True):
-        snap = stats.snapshot()
-        print(f"mfuser-node: camera '{camera}': in {snap.frames_in}, out {snap.frames_out}, "
-              f"dropped {snap.dropped}, errors {snap.errors}", flush=True)
-    return 0
+    failure: list[str] = []
+
+    def on_fatal(reason: str) -> None:
+        failure.append(reason)
+        stop.set()
+
+    node = DdsSegmentationNode(config, loaded.pipeline, domain_id=args.domain_id, namespace=args.namespace,
+                               node_name=args.node_name, class_names=loaded.class_names, warn=warn,
+                               on_fatal=on_fatal)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():  # the second signal: do not wait for the frame in the model any longer
+            print(f"mfuser-node: {signal.Signals(signum).name} again, leaving now", file=sys.stderr)
+            leave_process(0)
+        stop.set()
+
+    for sig in previous:
+        signal.signal(sig, on_signal)
+    try:
+        node.start()
+        print(READY_LINE, flush=True)
+        deadline = time.monotonic() + args.duration if args.duration > 0 else None
+        while not stop.wait(0.2):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        stopped = node.stop()
+        for camera, stats in zip(node.cameras, node.worker.stats, strict=True):
+            snap = stats.snapshot()
+            print(f"mfuser-node: camera '{camera}': in {snap.frames_in}, out {snap.frames_out}, "
+                  f"dropped {snap.dropped}, errors {snap.errors}", flush=True)
+        code = 0
+        if failure:
+            print(f"mfuser-node: error: worker stopped: {failure[0]}; exiting with code {EXIT_WORKER_FAILED} so a "
+                  "supervisor restarts the node", file=sys.stderr, flush=True)
+            code = EXIT_WORKER_FAILED
+        if not stopped:
+            print(f"mfuser-node: the frame in the model did not finish within shutdown_timeout_s "
+                  f"({config.shutdown_timeout_s} s); leaving without it", file=sys.stderr)
+            leave_process(code)
+        return code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             ros_args += ["--params-file", str(args.config)]
         for item in args.param:
             ros_args += ["-p", item.replace("=", ":=", 1)]
-        node.main(ros_args)
-        return 0
+        return node.main(ros_args)
     try:
         config = _config(args)
         return _run_dds(args, config)

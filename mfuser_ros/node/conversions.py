@@ -118,7 +118,7 @@ def image_to_rgb(msg: Any, limits: ImageLimits = ImageLimits()) -> np.ndarray:
     """
     encoding = str(msg.encoding)
     if encoding not in _ENCODINGS:
-        msg_ = f"unsupported encoding {clip(encoding)}; supported: {', '.join(SUPPORTED_ENCODINGS)}"
+        msg_ = f"unsupported encoding '{clip(encoding)}'; supported: {', '.join(SUPPORTED_ENCODINGS)}"
         raise FrameError(msg_)
     channels, conversion = _ENCODINGS[encoding]
     height, width, step = int(msg.height), int(msg.width), int(msg.step)

@@ -20,6 +20,7 @@ rclpy is imported only in this module; everything else in mfuser_ros runs withou
 from __future__ import annotations
 
 import array
+import sys
 from typing import Any
 
 import rclpy
@@ -46,7 +47,7 @@ from mfuser_ros.node.config import (
 )
 from mfuser_ros.node.conversions import OutputImage
 from mfuser_ros.node.model_loader import LoadedModel, load_model, release_model
-from mfuser_ros.node.pipeline import CameraOutputs, FrameWorker, Wanted
+from mfuser_ros.node.pipeline import CameraOutputs, FrameWorker, Wanted, leave_process
 from mfuser_ros.node.stats import DiagnosticThresholds
 
 __all__ = ["MFuserNode", "main", "ros_qos"]
@@ -126,6 +127,11 @@ class MFuserNode(LifecycleNode):
         self._label_pubs: list[Any] = []
         self._diag_pub = None
         self._diag_timer = None
+        # A dying worker thread only triggers this guard; the executor thread then publishes the ERROR status and
+        # shuts the context down, so main() returns exit_code 1 and a supervisor (launch respawn) restarts us.
+        self.exit_code = 0
+        self._worker_failure = ""
+        self._worker_failed_guard = self.create_guard_condition(self._on_worker_failed)
 
     # ---- helpers -------------------------------------------------------------------------------------------
     def _read_config(self) -> NodeConfig:
@@ -152,6 +158,27 @@ class MFuserNode(LifecycleNode):
         if self.model.random_weights:
             self.get_logger().warning("no 'checkpoint' given: the model has random weights (tests and demos only)")
         return True
+
+    def _worker_failed(self, reason: str) -> None:
+        self._worker_failure = reason
+        self._worker_failed_guard.trigger()
+
+    def _on_worker_failed(self) -> None:
+        self._publish_diagnostics()
+        self.get_logger().fatal(f"worker stopped: {self._worker_failure}; shutting down with exit code 1 so a "
+                                "supervisor restarts the node")
+        self.exit_code = 1
+        rclpy.try_shutdown(context=self.context)
+
+    def stop_worker(self) -> bool:
+        """Stop the worker, waiting up to ``shutdown_timeout_s`` for the frame in the model; False if it still runs."""
+        if self.worker is None:
+            return True
+        timeout = self.config.shutdown_timeout_s if self.config is not None else 5.0
+        stopped = self.worker.stop(timeout)
+        if not stopped:
+            self.get_logger().warning(f"the frame in the model did not finish within {timeout} s")
+        return stopped
 
     def _release(self) -> None:
         release_model(self.model)
@@ -204,7 +231,7 @@ class MFuserNode(LifecycleNode):
         self.worker = FrameWorker(
             self.model.pipeline if self.model else None, config.camera_namespaces(), self._sink,
             clock_ns=self._now_ns, warn=self.get_logger().warning, log_throttle_s=config.log_throttle_s,
-            stats_window_s=config.stats_window_s)
+            stats_window_s=config.stats_window_s, on_failure=self._worker_failed)
         self._diag_timer = self.create_timer(config.diagnostics_period_s, self._publish_diagnostics)
         return super().on_configure(state)
 
@@ -233,8 +260,7 @@ class MFuserNode(LifecycleNode):
         for sub in self._subscriptions:
             self.destroy_subscription(sub)
         self._subscriptions = []
-        if self.worker is not None:
-            self.worker.stop()
+        self.stop_worker()
         self._release()
         return super().on_deactivate(state)
 
@@ -253,7 +279,7 @@ class MFuserNode(LifecycleNode):
 
     def _teardown(self) -> None:
         if self.worker is not None:
-            self.worker.stop()
+            self.stop_worker()
             self.worker = None
         self._release()
         if self._diag_timer is not None:
@@ -270,10 +296,15 @@ class MFuserNode(LifecycleNode):
         self._diag_pub = None
 
 
-def main(args: list[str] | None = None) -> None:
-    """``ros2 run mfuser_ros mfuser_node``: configure and activate itself when ``autostart`` is true."""
+def main(args: list[str] | None = None) -> int:
+    """``ros2 run mfuser_ros mfuser_node``: configure and activate itself when ``autostart`` is true.
+
+    Returns the exit status: 0 after a shutdown, 1 when the worker thread died (see ``MFuserNode.exit_code``).
+    """
     rclpy.init(args=args)
     node = None
+    stopped = True
+    code = 0
     try:
         node = MFuserNode()
         if node.get_parameter("autostart").value:
@@ -286,9 +317,16 @@ def main(args: list[str] | None = None) -> None:
         pass
     finally:
         if node is not None:
+            code = node.exit_code
+            # destroy_node does not run the shutdown transition: stop the worker here, so the interpreter never
+            # tears down under a running forward.
+            stopped = node.stop_worker()
             node.destroy_node()
         rclpy.try_shutdown()
+    if not stopped:
+        leave_process(code)
+    return code
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

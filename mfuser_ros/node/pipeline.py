@@ -9,17 +9,20 @@ one batch and hands the results to an :class:`OutputSink` (rclpy publishers, DDS
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import numpy as np
 
 from mfuser_model.classes import CITYSCAPES_PALETTE
-from mfuser_ros.errors import FrameError
+from mfuser_ros.errors import FrameError, clip
 from mfuser_ros.node.config import NodeConfig
 from mfuser_ros.node.conversions import (
     ImageLimits,
@@ -43,6 +46,7 @@ __all__ = [
     "SegmenterLike",
     "ThrottledLog",
     "Wanted",
+    "leave_process",
     "stamp_ns",
 ]
 
@@ -103,6 +107,18 @@ class FrameFailure:
     reason: str
 
 
+def leave_process(code: int) -> NoReturn:
+    """End the process now, without interpreter teardown: the way out while a worker is still inside the model.
+
+    A normal exit would destroy the native thread pools under the running forward and abort the process
+    ("terminate called without an active exception", exit -6). Standard streams are flushed first.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe must not keep the process alive
+            stream.flush()
+    os._exit(code)
+
+
 def stamp_ns(header: Any) -> int:
     """``header.stamp`` as integer nanoseconds."""
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
@@ -139,8 +155,17 @@ class SegmentationPipeline:
                    max_batch=config.max_batch)
 
     def decode(self, msg: Any) -> np.ndarray:
-        """Image or CompressedImage -> (H, W, 3) uint8 RGB. Raises FrameError on a malformed message."""
-        return message_to_rgb(msg, self.limits)
+        """Image or CompressedImage -> (H, W, 3) uint8 RGB. Raises FrameError on a malformed message.
+
+        The header is checked too: every output carries it and latency reads its stamp.
+        """
+        rgb = message_to_rgb(msg, self.limits)
+        try:
+            stamp_ns(msg.header)
+        except Exception as err:  # any object can arrive here; none may stop the worker
+            reason = f"message without a readable header stamp ({type(err).__name__}: {clip(str(err))})"
+            raise FrameError(reason) from err
+        return rgb
 
     def encode(self, camera: int, header: Any, rgb: np.ndarray, result: Any, wanted: Wanted,
                timing: FrameTiming) -> CameraOutputs:
@@ -213,7 +238,7 @@ class SegmentationPipeline:
     @staticmethod
     def _model_failure(frames: Sequence[tuple[int, Any]], i: int, err: Exception) -> FrameFailure:
         camera, msg = frames[i]
-        return FrameFailure(camera, msg.header, "model", f"model failed: {err}")
+        return FrameFailure(camera, msg.header, "model", f"model failed: {clip(str(err), 200)}")
 
     def process(self, msg: Any, wanted: Wanted = Wanted(), camera: int = 0) -> CameraOutputs:
         """One frame, synchronously. Raises FrameError (malformed) or RuntimeError (model)."""
@@ -310,18 +335,24 @@ class FrameWorker:
         clock_ns: the transport's clock (ROS time, honouring use_sim_time) for latency = now - header.stamp.
         warn: logger for bad frames (throttled per camera and kind).
         log_throttle_s: throttle period. stats_window_s: statistics window.
+        on_failure: called (on the dying worker thread, with the reason) when the thread ends on an unexpected
+            error. Frames cannot cause that (bad frames and model failures are per frame), so it means a bug or a
+            broken transport: the transports publish an ERROR status and exit non-zero, for a supervisor to restart.
     """
 
     def __init__(self, pipeline: SegmentationPipeline | None, cameras: Sequence[str], sink: OutputSink, *,
                  clock_ns: Callable[[], int] = time.time_ns, warn: Callable[[str], None] = print,
-                 log_throttle_s: float = 5.0, stats_window_s: float = 5.0) -> None:
+                 log_throttle_s: float = 5.0, stats_window_s: float = 5.0,
+                 on_failure: Callable[[str], None] | None = None) -> None:
         self.pipeline = pipeline
         self.cameras = list(cameras)
         self.sink = sink
         self.clock_ns = clock_ns
         self.stats = [CameraStats(stats_window_s) for _ in self.cameras]
         self._slots = LatestFrameSlots(len(self.cameras))
+        self._warn = warn
         self._log = ThrottledLog(warn, log_throttle_s)
+        self._on_failure = on_failure
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.batches = 0
@@ -332,23 +363,43 @@ class FrameWorker:
         """Subscription callback body: keep ``msg`` as the camera's newest frame; O(1), never blocks on the model."""
         self.stats[camera].record_input(self._slots.put(camera, msg))
 
+    def reject(self, camera: int, kind: str, reason: str) -> None:
+        """A message the transport could not even turn into a sample (e.g. undecodable CDR): an input and an error."""
+        self.stats[camera].record_input(False)
+        self.stats[camera].record_error(kind)
+        self._log((camera, kind), f"camera '{self.cameras[camera]}': message skipped: {reason}")
+
     def start(self) -> None:
-        """Start the worker thread."""
+        """Start the worker thread (after a :meth:`stop` that timed out, once the old thread's batch is done)."""
         if self._thread is not None:
-            return
+            if not self._stop.is_set():
+                return
+            self._thread.join()
         self._stop.clear()
         self.failure = ""
         self._slots = LatestFrameSlots(len(self.cameras))
         self._thread = threading.Thread(target=self._loop, name="mfuser-worker", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop after the batch in flight; frames still waiting are discarded."""
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop after the batch in flight (waiting up to ``timeout`` s); frames still waiting are discarded.
+
+        Returns:
+            True when the thread has ended. False when it is still inside the model after ``timeout``: the thread
+            keeps running (``running`` stays true), and the process must not run its normal teardown while it
+            does, because destroying the native thread pools under a running forward aborts the process
+            ("terminate called without an active exception"). Transports then leave with ``os._exit``.
+        """
         self._stop.set()
         self._slots.close()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        thread = self._thread
+        if thread is None:
+            return True
+        thread.join(timeout)
+        if thread.is_alive():
+            return False
+        self._thread = None
+        return True
 
     @property
     def running(self) -> bool:
@@ -363,10 +414,12 @@ class FrameWorker:
                     self.process(frames)
         except Exception as err:
             # Bad frames and model failures are handled per frame; anything else (a transport that cannot
-            # publish, a bug) ends the thread. Record it so /diagnostics reports ERROR, then let the thread's
-            # excepthook print the traceback.
-            self.failure = f"{type(err).__name__}: {err}"
-            self._log(("worker",), f"worker stopped: {self.failure}")
+            # publish, a bug) ends the thread. Record it so /diagnostics reports ERROR, tell the transport (which
+            # exits non-zero), then let the thread's excepthook print the traceback.
+            self.failure = f"{type(err).__name__}: {clip(str(err), 200)}"
+            self._warn(f"worker stopped: {self.failure}")
+            if self._on_failure is not None:
+                self._on_failure(self.failure)
             raise
 
     def run_once(self, timeout: float = 0.0) -> int:

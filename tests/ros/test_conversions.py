@@ -227,7 +227,7 @@ def test_jpeg_exif_orientation_is_applied_as_opencv_does(msgs, orientation):
 def test_a_long_encoding_string_is_cut_in_the_error(msgs):
     msg = msgs.image(raw_pixels("rgb8"), "rgb8")
     msg.encoding = "x" * 10_000
-    with pytest.raises(FrameError, match="10002 characters") as err:
+    with pytest.raises(FrameError, match="10000 characters") as err:
         image_to_rgb(msg)
     assert len(str(err.value)) < 400
 
