@@ -38,6 +38,8 @@ EXTRAS = {
     "ros": ["rosbags==0.11.9", "rosbags-image==0.10.4", "cyclonedds==11.0.1"],
     # SigLIP's tokenizer (the user supplies its files): either library reads them.
     "siglip": ["tokenizers==0.23.3", "sentencepiece==0.2.3"],
+    # mfuser-replay-fleet: many bags as one job on a Ray cluster (or local Ray workers).
+    "fleet": ["ray==2.60.0"],
     "train": ["tensorboard==2.21.0", "cityscapesscripts==2.3.0", "scipy==1.17.1"],
     "dev": ["pytest==9.2.0", "pytest-timeout==2.4.0", "hypothesis==6.170.17", "ruff==0.17.6"],
 }
@@ -74,6 +76,7 @@ setup(
         "mfuser-make-synthetic = training.make_synthetic:main",
         "mfuser-replay = mfuser_ros.replay.cli:main",
         "mfuser_replay = mfuser_ros.replay.cli:main",
+        "mfuser-replay-fleet = mfuser_ros.replay.fleet:main",
         "mfuser-make-demo-bag = mfuser_ros.replay.demo_bag:main",
         "mfuser-convert = mfuser_model.weights.convert_cli:main",
     ]},

@@ -1,8 +1,14 @@
 """Whole-model files: one safetensors file that holds an MFuser and everything needed to rebuild it.
 
 The file carries every tensor (frozen encoders included) and, in the safetensors metadata, the model config
-(preset numbers, class names, palette) as JSON. The node, replay and evaluation load it with no other file and
+(preset numbers, class names, palette) as JSON and the SHA-256 of the tensors (``tensors_sha256``,
+:func:`mfuser_model.fileio.tensor_digest`). The node, replay and evaluation load it with no other file and
 no tokenizer: the class-name token ids are a tensor in the file.
+
+Loading checks the digest by default: safetensors has no checksum of its own, so a flipped bit in the tensor data
+would otherwise change the weights silently. It costs one pass over the tensors (about 3 s for a full-size model
+on one core, ``benchmarks/file_digest.py``), which a node pays once at start-up; ``verify=False`` skips it.
+Files without a digest (written before it existed) load unverified.
 """
 
 from __future__ import annotations
@@ -18,12 +24,13 @@ from safetensors.torch import load_file, save_file
 from mfuser_model.config import ModelConfig, load_model_config
 from mfuser_model.config_io import dataclass_from_dict, dataclass_to_dict
 from mfuser_model.errors import CheckpointError, ConfigError
-from mfuser_model.fileio import atomic_path
+from mfuser_model.fileio import DIGEST_ALGORITHM, atomic_path, tensor_digest
 from mfuser_model.network.mfuser import MFuser, build_mfuser
 
-__all__ = ["FORMAT", "build_model", "load_model", "read_model_metadata", "save_model"]
+__all__ = ["FORMAT", "build_model", "load_model", "read_model_config", "read_model_metadata", "save_model"]
 
 FORMAT = "mfuser-model/1"
+DIGEST_KEY = f"tensors_{DIGEST_ALGORITHM}"
 
 
 def save_model(model: MFuser, path: str | Path, extra_metadata: dict[str, str] | None = None) -> Path:
@@ -32,6 +39,7 @@ def save_model(model: MFuser, path: str | Path, extra_metadata: dict[str, str] |
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT, "config": json.dumps(dataclass_to_dict(model.config))}
     metadata.update(extra_metadata or {})
+    metadata[DIGEST_KEY] = tensor_digest(tensors)
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
     return path
@@ -57,22 +65,37 @@ def read_model_metadata(path: str | Path) -> dict[str, str]:
     return metadata
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> MFuser:
-    """Rebuild an MFuser from a file written by :func:`save_model` (or ``mfuser-convert``)."""
+def read_model_config(path: str | Path) -> ModelConfig:
+    """The model config stored in a whole-model file (class names, palette, sizes), without loading its tensors."""
     path = Path(path)
     metadata = read_model_metadata(path)
     try:
-        config = dataclass_from_dict(ModelConfig, json.loads(metadata["config"]), where=f"{path} [config]")
+        return dataclass_from_dict(ModelConfig, json.loads(metadata["config"]), where=f"{path} [config]")
     except (KeyError, json.JSONDecodeError) as err:
         msg = f"{path}: model config in the metadata is missing or corrupt ({err})"
         raise CheckpointError(msg) from None
     except ConfigError as err:
         raise CheckpointError(str(err)) from None
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", verify: bool = True) -> MFuser:
+    """Rebuild an MFuser from a file written by :func:`save_model` (or ``mfuser-convert``).
+
+    Args:
+        verify: check the tensors against the file's digest (a CheckpointError names the file when they differ).
+    """
+    path = Path(path)
+    config = read_model_config(path)
+    metadata = read_model_metadata(path)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as err:
         msg = f"{path}: cannot read tensors ({err})"
         raise CheckpointError(msg) from None
+    if verify and DIGEST_KEY in metadata and tensor_digest(tensors) != metadata[DIGEST_KEY]:
+        msg = (f"{path}: corrupt model file: its tensors do not match the {DIGEST_ALGORITHM} it was written with "
+               "(damaged on disk or in transfer; copy it again)")
+        raise CheckpointError(msg)
     if "text_encoder.token_ids" not in tensors:
         msg = f"{path}: missing key 'text_encoder.token_ids'"
         raise CheckpointError(msg)

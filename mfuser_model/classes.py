@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CITYSCAPES_CLASSES", "CITYSCAPES_LABEL_TO_TRAIN", "CITYSCAPES_PALETTE", "IGNORE_INDEX", "colorize"]
+__all__ = [
+    "CITYSCAPES_CLASSES",
+    "CITYSCAPES_LABEL_TO_TRAIN",
+    "CITYSCAPES_PALETTE",
+    "IGNORE_INDEX",
+    "colorize",
+    "palette_from_hex",
+    "palette_to_hex",
+]
 
 IGNORE_INDEX = 255
 
@@ -27,6 +35,27 @@ CITYSCAPES_PALETTE: tuple[tuple[int, int, int], ...] = (
     (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
     (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
 )
+
+
+def palette_to_hex(palette: tuple[tuple[int, int, int], ...]) -> tuple[str, ...]:
+    """RGB triples -> ``"#RRGGBB"`` strings (the node's ``color_palette`` parameter, the report's legend)."""
+    return tuple(f"#{r:02X}{g:02X}{b:02X}" for r, g, b in palette)
+
+
+def palette_from_hex(colors: tuple[str, ...] | list[str]) -> tuple[tuple[int, int, int], ...]:
+    """``"#RRGGBB"`` strings -> RGB triples; raises ValueError naming a malformed entry."""
+    palette = []
+    for color in colors:
+        text = str(color)
+        if len(text) != 7 or text[0] != "#":
+            msg = f"colour {text!r} is not '#RRGGBB'"
+            raise ValueError(msg)
+        try:
+            palette.append((int(text[1:3], 16), int(text[3:5], 16), int(text[5:7], 16)))
+        except ValueError:
+            msg = f"colour {text!r} is not '#RRGGBB'"
+            raise ValueError(msg) from None
+    return tuple(palette)
 
 
 def colorize(labels: np.ndarray, palette: tuple[tuple[int, int, int], ...] = CITYSCAPES_PALETTE) -> np.ndarray:

@@ -9,6 +9,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.mfuser-installed
 if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
-    .venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev,ros,export,train,siglip]'
+    .venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev,ros,export,train,siglip,fleet]'
     touch "$stamp"
 fi

@@ -6,15 +6,15 @@ rare-class sampling, iteration-indexed sampler) -> loop (lr from the step, autoc
 backward, step, logs, checkpoints, periodic evaluation) -> whole-model file and multi-target evaluation.
 
 The run folder (``cfg.run_dir``) receives ``config.yaml`` (the merged config), ``git_revision.txt``,
-``metrics.jsonl`` (one JSON object per logged iteration), ``tb/`` (TensorBoard, when installed),
-``checkpoints/iter_*.pt`` (the last ``keep_checkpoints``), ``model.safetensors`` (the trained model as
-:func:`mfuser_model.checkpoint.save_model` writes it) and ``eval/<target>/`` reports.
+``metrics.jsonl`` (one JSON object per logged iteration, each once across resumes: :mod:`training.run_folder`),
+``tb/`` (TensorBoard, when installed), ``checkpoints/iter_*.pt`` (the last ``keep_checkpoints``),
+``model.safetensors`` (the trained model as :func:`mfuser_model.checkpoint.save_model` writes it) and
+``eval/<target>/`` reports.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import random
@@ -42,7 +42,7 @@ from training.checkpointing import (
     checkpoint_path,
     frozen_fingerprint,
     latest_checkpoint,
-    load_checkpoint,
+    load_resume_checkpoint,
     load_trainable_state,
     prune_checkpoints,
     restore_rng_state,
@@ -64,6 +64,7 @@ from training.evaluate import evaluate_targets, open_dataset
 from training.losses import MFuserLoss
 from training.optim import build_optimizer, set_lr
 from training.rare_class_sampling import RareClassDataset, RareClassSampler
+from training.run_folder import MetricsLog, remove_interrupted_writes
 from training.transforms import TrainTransform
 
 __all__ = ["ShuffledStream", "TrainResult", "TrainingError", "build_model", "build_source_stream", "seed_everything",
@@ -216,13 +217,15 @@ def git_revision() -> str:
 class _Loggers:
     """metrics.jsonl, TensorBoard (optional) and the tqdm bar, active on rank 0 only."""
 
-    def __init__(self, cfg: TrainConfig, ctx: DistContext, start: int) -> None:
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, start: int, resume: Path | None) -> None:
         self.active = ctx.is_main
         self.run_dir = cfg.run_dir
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         self.writer = None
         self.bar = None
         if not self.active:
             return
+        self.metrics.begin(start, resume)
         if cfg.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
@@ -244,9 +247,7 @@ class _Loggers:
     def log(self, row: dict[str, Any], prefix: str = "train") -> None:
         if not self.active:
             return
-        clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
-        with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
-            f.write(json.dumps(clean) + "\n")  # NaN (e.g. the mIoU of an empty set) -> null, valid JSON
+        self.metrics.append(row)
         if self.writer is not None:
             for key, value in row.items():
                 if key != "iteration" and isinstance(value, (int, float)) and math.isfinite(value):
@@ -313,7 +314,9 @@ def _train(cfg: TrainConfig, ctx: DistContext, stop_at: int | None) -> TrainResu
     seed_everything(cfg.seed)
     model = build_model(cfg).to(device)
     resume = _resume_path(cfg, ckpt_dir)
-    payload = load_checkpoint(resume) if resume is not None else None
+    if ctx.is_main:  # a job killed while writing left temporary files; nobody writes into these folders now
+        remove_interrupted_writes(run_dir, ckpt_dir, resume)
+    payload = load_resume_checkpoint(resume) if resume is not None else None
     start = 0
     if payload is not None:
         fingerprint = frozen_fingerprint(model)
@@ -368,7 +371,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, stop_at: int | None) -> TrainResu
         return float(all_reduce_mean(torch.tensor([n], dtype=torch.float64, device=device), ctx).item())
 
     criterion = MFuserLoss(model.config.num_classes, cfg.loss, reduce_count if ctx.distributed else None)
-    loggers = _Loggers(cfg, ctx, start)
+    loggers = _Loggers(cfg, ctx, start, resume if payload is not None else None)
     result = TrainResult(run_dir=run_dir, iterations=start, model=model)
     fingerprint = frozen_fingerprint(model)
     net.train()

@@ -39,6 +39,7 @@ from mfuser_model.deploy.onnx_export import (
 from mfuser_model.errors import ConfigError, MFuserError
 from mfuser_model.inference import Segmenter
 from mfuser_model.network.decode_head import HeadOutput
+from mfuser_model.threads import applied_threads
 
 __all__ = [
     "BACKENDS",
@@ -120,7 +121,8 @@ class OnnxRuntimeDecoder(DecoderBackend):
         providers: onnxruntime execution providers (default: CUDA if `device` is CUDA and onnxruntime-gpu offers it,
             then CPU).
         device: where the caller's tensors live; only used to pick the default providers.
-        num_threads: intra-op threads (default: onnxruntime's choice).
+        num_threads: intra-op threads (default: the count `mfuser_model.threads.apply_threads` set, else
+            onnxruntime's choice).
 
     Raises:
         MFuserError: onnxruntime missing, or the file is not a decoder export.
@@ -146,8 +148,14 @@ class OnnxRuntimeDecoder(DecoderBackend):
             wanted = ["CUDAExecutionProvider"] if torch.device(device).type == "cuda" else []
             providers = [p for p in wanted if p in available] + ["CPUExecutionProvider"]
         options = ort.SessionOptions()
+        policy = applied_threads()  # the process's thread policy (mfuser_model.threads), unless told otherwise
+        if num_threads is None and policy is not None:
+            num_threads = policy.threads
         if num_threads is not None:
             options.intra_op_num_threads = num_threads
+            options.inter_op_num_threads = 1
+        if policy is not None and policy.passive_wait:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.onnx_path), sess_options=options, providers=list(providers))
         except Exception as err:  # onnxruntime raises its own pybind error types

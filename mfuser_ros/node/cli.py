@@ -101,6 +101,8 @@ def _run_dds(args: argparse.Namespace, config: NodeConfig) -> int:
             if deadline is not None and time.monotonic() >= deadline:
                 break
         stopped = node.stop()
+        if stopped:
+            node.close()
         for camera, stats in zip(node.cameras, node.worker.stats, strict=True):
             snap = stats.snapshot()
             print(f"mfuser-node: camera '{camera}': in {snap.frames_in}, out {snap.frames_out}, "

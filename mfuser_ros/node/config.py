@@ -19,6 +19,7 @@ from mfuser_model.errors import ConfigError
 __all__ = [
     "NodeConfig",
     "QosName",
+    "camera_info_topic",
     "camera_namespace",
     "is_compressed_topic",
     "load_node_config",
@@ -33,6 +34,7 @@ QosName = Literal["sensor_data", "reliable", "best_effort", "system_default"]
 # optionally starting with '/' or '~/', not starting a token with a digit.
 _TOPIC_RE = re.compile(r"^(~/|/)?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+_COLOR_RE = re.compile(r"^#[0-9A-Fa-f]{6}$")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,12 @@ class NodeConfig:
             any other a sensor_msgs/Image. Outputs go to ``<camera>/mfuser/...`` where ``<camera>`` is the topic's
             namespace (``front/image_raw`` -> ``front``) unless ``camera_names`` says otherwise.
         camera_names: optional output namespace per topic (same length as ``image_topics``).
+        camera_info_topics: sensor_msgs/CameraInfo topic per image topic; empty: the ``camera_info`` sibling of
+            each image topic (image_transport's rule: ``front/image_raw[/compressed]`` -> ``front/camera_info``).
+            Each one is republished, scaled to the output size, on ``<camera>/mfuser/camera_info`` with the labels'
+            header, paired by header stamp.
+        camera_info_timeout_s: how long a frame's outputs wait for the CameraInfo with their stamp; after that the
+            frame gets no CameraInfo (counted as ``camera_info_unmatched`` in /diagnostics).
         input_qos / input_qos_depth: reliability profile and history depth of the image subscriptions.
         output_qos / output_qos_depth: the same for the label, colour, overlay and confidence publishers.
         preset / checkpoint: model preset name and weight file (empty: random weights, for tests only).
@@ -54,6 +62,11 @@ class NodeConfig:
         inference_mode / crop_size / stride: whole-image or sliding-window inference.
         output_width / output_height: size of every output image; 0 and 0 = the input's size.
         overlay_alpha: weight of the colour mask in the overlay image.
+        color_palette: ``"#RRGGBB"`` per class id for colour and overlay; empty: the model's own palette (its
+            checkpoint's; by default ``mfuser_model.classes.CITYSCAPES_PALETTE``). The rclpy node sets this
+            parameter to the palette in use at configure, so viewers read the legend with ``ros2 param get``.
+        png_level / jpeg_quality: ``<camera>/mfuser/labels/compressed`` PNG level (0-9, lossless at every level) and
+            the JPEG quality (1-100) of ``color/compressed`` and ``overlay/compressed`` (image_transport's names).
         max_width / max_height: larger (declared or decoded) images are rejected as malformed.
         max_batch: most frames (one per camera) that go through the model together.
         load_model_on: lifecycle transition that loads the model (``configure`` or ``activate``).
@@ -69,6 +82,8 @@ class NodeConfig:
 
     image_topics: tuple[str, ...] = ("camera/image_raw",)
     camera_names: tuple[str, ...] = ()
+    camera_info_topics: tuple[str, ...] = ()
+    camera_info_timeout_s: float = 1.0
     input_qos: QosName = "sensor_data"
     input_qos_depth: int = 1
     output_qos: QosName = "reliable"
@@ -86,6 +101,9 @@ class NodeConfig:
     output_width: int = 0
     output_height: int = 0
     overlay_alpha: float = 0.5
+    color_palette: tuple[str, ...] = ()
+    png_level: int = 3
+    jpeg_quality: int = 90
     max_width: int = 4096
     max_height: int = 4096
     max_batch: int = 4
@@ -110,6 +128,12 @@ class NodeConfig:
                    f"must have one name per image topic ({len(self.image_topics)})")
             for name in self.camera_names:
                 _check(name == "" or bool(_TOPIC_RE.match(name)), "camera_names", name, "is not a valid namespace")
+        if self.camera_info_topics:
+            _check(len(self.camera_info_topics) == len(self.image_topics), "camera_info_topics",
+                   self.camera_info_topics, f"must have one topic per image topic ({len(self.image_topics)})")
+            for topic in self.camera_info_topics:
+                _check(bool(_TOPIC_RE.match(topic)), "camera_info_topics", topic, "is not a valid ROS 2 topic name")
+        _check(self.camera_info_timeout_s > 0, "camera_info_timeout_s", self.camera_info_timeout_s, "must be > 0")
         namespaces = self.camera_namespaces()
         _check(len(set(namespaces)) == len(namespaces), "camera_names", namespaces,
                "two cameras would publish on the same output topics; set distinct camera_names")
@@ -125,6 +149,12 @@ class NodeConfig:
         _check((self.output_width == 0) == (self.output_height == 0), "output_width/output_height",
                (self.output_width, self.output_height), "set both (fixed output size) or neither (input size)")
         _check(0.0 <= self.overlay_alpha <= 1.0, "overlay_alpha", self.overlay_alpha, "must be in [0, 1]")
+        for color in self.color_palette:
+            _check(bool(_COLOR_RE.match(color)), "color_palette", color, "is not a colour '#RRGGBB'")
+        _check(len(self.color_palette) <= 255, "color_palette", len(self.color_palette),
+               "colours: at most 255 classes fit a mono8 label image")
+        _check(0 <= self.png_level <= 9, "png_level", self.png_level, "must be in [0, 9]")
+        _check(1 <= self.jpeg_quality <= 100, "jpeg_quality", self.jpeg_quality, "must be in [1, 100]")
         for name in ("diagnostics_period_s", "stats_window_s", "latency_warn_ms", "log_throttle_s",
                      "shutdown_timeout_s"):
             _check(getattr(self, name) > 0, name, getattr(self, name), "must be > 0")
@@ -136,6 +166,12 @@ class NodeConfig:
     def output_size(self) -> tuple[int, int] | None:
         """Fixed (height, width) of every output, or None for the input's own size."""
         return (self.output_height, self.output_width) if self.output_width else None
+
+    def camera_info_topic_names(self) -> list[str]:
+        """CameraInfo topic of each camera, in ``image_topics`` order."""
+        if self.camera_info_topics:
+            return list(self.camera_info_topics)
+        return [camera_info_topic(t) for t in self.image_topics]
 
     def camera_namespaces(self) -> list[str]:
         """Output namespace of each camera, in ``image_topics`` order."""
@@ -161,6 +197,19 @@ def camera_namespace(topic: str) -> str:
     if is_compressed_topic(topic):
         topic = topic[: -len("compressed")].rstrip("/")
     return topic.rsplit("/", 1)[0] if "/" in topic else ""
+
+
+def camera_info_topic(image_topic: str) -> str:
+    """image_transport's CameraInfo topic of an image topic: ``camera_info`` beside it.
+
+    ``front/image_raw`` and ``front/image_raw/compressed`` -> ``front/camera_info``; ``image_raw`` ->
+    ``camera_info``; absolute and ``~/`` names keep their prefix.
+    """
+    topic = image_topic.rstrip("/")
+    if is_compressed_topic(topic):
+        topic = topic[: -len("compressed")].rstrip("/")
+    head, sep, _ = topic.rpartition("/")
+    return f"{head}{sep}camera_info"
 
 
 def output_topic(camera: str, kind: str) -> str:

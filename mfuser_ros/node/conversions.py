@@ -26,17 +26,23 @@ import simplejpeg
 from mfuser_ros.errors import FrameError, clip
 
 __all__ = [
+    "JPEG_BGR8_FORMAT",
+    "PNG_MONO8_FORMAT",
     "SUPPORTED_ENCODINGS",
+    "CompressedOutput",
     "ImageLimits",
     "OutputImage",
     "compressed_size",
     "compressed_to_rgb",
     "confidence_to_mono8",
+    "encode_jpeg_bgr8",
+    "encode_png_mono8",
     "image_to_rgb",
     "labels_to_color_bgr",
     "message_to_rgb",
     "overlay_bgr",
     "palette_lut_bgr",
+    "stamp_ns",
 ]
 
 # encoding -> (channels, OpenCV conversion to RGB or None). yuv422 is UYVY in ROS (and in rosbags-image);
@@ -85,6 +91,44 @@ class OutputImage:
     def step(self) -> int:
         """Bytes per row."""
         return int(self.data.strides[0])
+
+
+# sensor_msgs/CompressedImage ``format`` strings exactly as image_transport's compressed plugin writes them
+# (compressed_image_transport/src/compressed_publisher.cpp: "<encoding>; <codec> compressed <target>"; a mono
+# image has no target, hence the trailing space), so its subscriber, rqt and Foxglove decode them as theirs.
+PNG_MONO8_FORMAT = "mono8; png compressed "
+JPEG_BGR8_FORMAT = "bgr8; jpeg compressed bgr8"
+
+
+@dataclass(frozen=True)
+class CompressedOutput:
+    """A ready-to-publish sensor_msgs/CompressedImage payload: ``format`` string and encoded bytes."""
+
+    format: str
+    data: np.ndarray  # 1-D uint8, the PNG or JPEG file
+
+
+def encode_png_mono8(labels: np.ndarray, level: int = 3) -> CompressedOutput:
+    """(H, W) uint8 class ids -> lossless PNG (decodes to exactly ``labels`` with IMREAD_UNCHANGED)."""
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(labels, dtype=np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, level])
+    if not ok:  # pragma: no cover - OpenCV fails only on invalid arrays, which the pipeline never builds
+        msg = f"PNG encoding failed for a {labels.shape} label image"
+        raise FrameError(msg)
+    return CompressedOutput(PNG_MONO8_FORMAT, buf.reshape(-1))
+
+
+def encode_jpeg_bgr8(image_bgr: np.ndarray, quality: int = 90) -> CompressedOutput:
+    """(H, W, 3) uint8 BGR -> JPEG at ``quality`` (1-100)."""
+    ok, buf = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:  # pragma: no cover
+        msg = f"JPEG encoding failed for a {image_bgr.shape} image"
+        raise FrameError(msg)
+    return CompressedOutput(JPEG_BGR8_FORMAT, buf.reshape(-1))
+
+
+def stamp_ns(header: Any) -> int:
+    """``header.stamp`` as integer nanoseconds."""
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
 def _payload(data: Any) -> np.ndarray:

@@ -42,18 +42,21 @@ import numpy as np
 
 from mfuser_model.classes import CITYSCAPES_CLASSES
 from mfuser_ros.errors import TransportError, clip
+from mfuser_ros.node.camera_info import CameraInfoData
 from mfuser_ros.node.config import NodeConfig, is_compressed_topic, output_topic
-from mfuser_ros.node.conversions import OutputImage
+from mfuser_ros.node.conversions import CompressedOutput, OutputImage
 from mfuser_ros.node.pipeline import CameraOutputs, FrameWorker, SegmentationPipeline, Wanted
 from mfuser_ros.node.stats import DiagnosticStatusData, DiagnosticThresholds
 
 __all__ = [
+    "CameraInfo_",
     "CompressedImage_",
     "DdsSegmentationNode",
     "DiagnosticArray_",
     "Header_",
     "Image_",
     "LabelInfo_",
+    "RegionOfInterest_",
     "Time_",
     "dds_qos",
     "dds_topic_name",
@@ -100,6 +103,34 @@ class CompressedImage_(IdlStruct, typename="sensor_msgs.msg.dds_.CompressedImage
     header: Header_ = field(default_factory=Header_)
     format: str = ""
     data: types.sequence[types.uint8] = b""
+
+
+@dataclass
+class RegionOfInterest_(IdlStruct, typename="sensor_msgs.msg.dds_.RegionOfInterest_"):  # noqa: N801
+    """sensor_msgs/RegionOfInterest."""
+
+    x_offset: types.uint32 = 0
+    y_offset: types.uint32 = 0
+    height: types.uint32 = 0
+    width: types.uint32 = 0
+    do_rectify: bool = False
+
+
+@dataclass
+class CameraInfo_(IdlStruct, typename="sensor_msgs.msg.dds_.CameraInfo_"):  # noqa: N801
+    """sensor_msgs/CameraInfo (``float64[9]`` is a fixed IDL array: no length on the wire)."""
+
+    header: Header_ = field(default_factory=Header_)
+    height: types.uint32 = 0
+    width: types.uint32 = 0
+    distortion_model: str = ""
+    d: types.sequence[types.float64] = field(default_factory=list)
+    k: types.array[types.float64, 9] = field(default_factory=lambda: [0.0] * 9)
+    r: types.array[types.float64, 9] = field(default_factory=lambda: [0.0] * 9)
+    p: types.array[types.float64, 12] = field(default_factory=lambda: [0.0] * 12)
+    binning_x: types.uint32 = 0
+    binning_y: types.uint32 = 0
+    roi: RegionOfInterest_ = field(default_factory=RegionOfInterest_)
 
 
 @dataclass
@@ -236,6 +267,20 @@ def to_dds_image(header: Any, image: OutputImage) -> Image_:
                   is_bigendian=0, step=image.step, data=image.data)
 
 
+def to_dds_compressed(header: Any, image: CompressedOutput) -> CompressedImage_:
+    """A compressed output as a DDS CompressedImage_ carrying ``header`` unchanged."""
+    return CompressedImage_(header=header, format=image.format, data=image.data)
+
+
+def to_dds_camera_info(info: CameraInfoData) -> CameraInfo_:
+    """CameraInfoData -> CameraInfo_ (header = the labels' header, a Header_ from the DDS input)."""
+    roi = info.roi
+    return CameraInfo_(header=info.header, height=info.height, width=info.width,
+                       distortion_model=info.distortion_model, d=list(info.d), k=list(info.k), r=list(info.r),
+                       p=list(info.p), binning_x=info.binning_x, binning_y=info.binning_y,
+                       roi=RegionOfInterest_(roi.x_offset, roi.y_offset, roi.height, roi.width, roi.do_rectify))
+
+
 def to_dds_diagnostics(statuses: list[DiagnosticStatusData], now_ns: int) -> DiagnosticArray_:
     """Transport-free statuses -> DiagnosticArray_ stamped ``now_ns``."""
     return DiagnosticArray_(
@@ -275,6 +320,7 @@ def take_samples(reader: DataReader, camera: int, worker: FrameWorker, warn: Cal
 
 
 _KINDS = ("labels", "color", "overlay", "confidence")
+_COMPRESSED_KINDS = ("labels", "color", "overlay")  # <kind>/compressed (image_transport naming)
 # Most samples one data-available callback takes (a keep-last reader holds a few; the bound keeps a flood from
 # pinning Cyclone's listener thread).
 _MAX_TAKES = 256
@@ -286,17 +332,20 @@ class _DdsSink:
     def __init__(self, participant: DomainParticipant, config: NodeConfig, namespace: str, node_name: str) -> None:
         qos = dds_qos(config.output_qos, config.output_qos_depth)
         self.writers: list[dict[str, DataWriter]] = []
+        outputs = ([(kind, Image_) for kind in _KINDS]
+                   + [(f"{kind}/compressed", CompressedImage_) for kind in _COMPRESSED_KINDS]
+                   + [("camera_info", CameraInfo_)])
         for camera in config.camera_namespaces():
             writers = {}
-            for kind in _KINDS:
-                topic = Topic(participant, dds_topic_name(output_topic(camera, kind), namespace, node_name), Image_)
+            for kind, msg_type in outputs:
+                topic = Topic(participant, dds_topic_name(output_topic(camera, kind), namespace, node_name), msg_type)
                 writers[kind] = DataWriter(participant, topic, qos=qos)
             self.writers.append(writers)
 
     def wanted(self, camera: int) -> Wanted:
         writers = self.writers[camera]
-        return Wanted(*(writers[k].get_publication_matched_status().current_count > 0
-                        for k in ("color", "overlay", "confidence")))
+        return Wanted(*(writers[k].get_publication_matched_status().current_count > 0 for k in (
+            "color", "overlay", "confidence", "labels/compressed", "color/compressed", "overlay/compressed")))
 
     def publish(self, outputs: CameraOutputs) -> None:
         writers = self.writers[outputs.camera]
@@ -304,6 +353,11 @@ class _DdsSink:
             image = getattr(outputs, kind)
             if image is not None:
                 writers[kind].write(to_dds_image(outputs.header, image))
+        for kind, image in outputs.compressed.items():
+            writers[f"{kind}/compressed"].write(to_dds_compressed(outputs.header, image))
+
+    def publish_camera_info(self, camera: int, info: CameraInfoData) -> None:
+        self.writers[camera]["camera_info"].write(to_dds_camera_info(info))
 
 
 class DdsSegmentationNode:
@@ -335,6 +389,7 @@ class DdsSegmentationNode:
         self.sink = _DdsSink(self.participant, config, namespace, node_name)
         self.worker = FrameWorker(pipeline, self.cameras, self.sink, clock_ns=clock_ns, warn=warn,
                                   log_throttle_s=config.log_throttle_s, stats_window_s=config.stats_window_s,
+                                  camera_info_timeout_s=config.camera_info_timeout_s,
                                   on_failure=self._worker_failed)
         self._limits = DiagnosticThresholds(config.latency_warn_ms, config.latency_error_ms,
                                             config.min_output_fps_warn)
@@ -344,6 +399,10 @@ class DdsSegmentationNode:
             msg_type = CompressedImage_ if is_compressed_topic(topic_name) else Image_
             topic = Topic(self.participant, dds_topic_name(topic_name, namespace, node_name), msg_type)
             listener = Listener(on_data_available=self._on_data(index))
+            self.readers.append(DataReader(self.participant, topic, qos=in_qos, listener=listener))
+        for index, topic_name in enumerate(config.camera_info_topic_names()):
+            topic = Topic(self.participant, dds_topic_name(topic_name, namespace, node_name), CameraInfo_)
+            listener = Listener(on_data_available=self._on_camera_info(index))
             self.readers.append(DataReader(self.participant, topic, qos=in_qos, listener=listener))
         diag_topic = Topic(self.participant, dds_topic_name("/diagnostics"), DiagnosticArray_)
         self.diagnostics_writer = DataWriter(self.participant, diag_topic, qos=dds_qos("reliable", 10))
@@ -360,6 +419,12 @@ class DdsSegmentationNode:
     def _on_data(self, camera: int) -> "Callable[[DataReader], None]":
         def callback(reader: DataReader) -> None:
             take_samples(reader, camera, self.worker, self._warn)
+        return callback
+
+    def _on_camera_info(self, camera: int) -> "Callable[[DataReader], None]":
+        def callback(reader: DataReader) -> None:
+            for sample in reader.take(N=16):
+                self.worker.submit_camera_info(camera, sample)
         return callback
 
     def start(self) -> None:
@@ -390,6 +455,17 @@ class DdsSegmentationNode:
             self._warn(f"cannot publish the ERROR status: {clip(str(err), 200)}")
         if self._on_fatal is not None:
             self._on_fatal(reason)
+
+    def close(self) -> None:
+        """Delete the participant and every reader and writer in it, now (after :meth:`stop`).
+
+        Until then Cyclone's listener threads may call into Python; one doing so while the interpreter shuts down
+        crashes the process (SIGSEGV), so the node closes before it returns. ``dds_delete`` waits for callbacks
+        still running. cyclonedds deletes an entity in ``__del__`` (its registry only holds weak references).
+        """
+        participant, self.participant = self.participant, None
+        if participant is not None:
+            participant.__del__()
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop threads (the participant is released when the object is garbage-collected).

@@ -10,9 +10,12 @@ Lifecycle:
 Topics (relative, so launch files can namespace and remap them), per camera ``<camera>``:
 ``<camera>/mfuser/labels`` (mono8 class ids, 255 = ignore), ``<camera>/mfuser/color`` (bgr8),
 ``<camera>/mfuser/overlay`` (bgr8), ``<camera>/mfuser/confidence`` (mono8, 255 = certain),
-``<camera>/mfuser/label_info`` (vision_msgs/LabelInfo, transient local); ``/diagnostics``.
-Every image output carries the input header unchanged. Colour, overlay and confidence are computed only while
-they have subscribers.
+``<camera>/mfuser/label_info`` (vision_msgs/LabelInfo, transient local); image_transport's
+``<camera>/mfuser/labels/compressed`` (sensor_msgs/CompressedImage, lossless PNG), ``color/compressed`` and
+``overlay/compressed`` (JPEG); ``<camera>/mfuser/camera_info`` (the camera's CameraInfo scaled to the output size,
+paired by stamp, see :mod:`mfuser_ros.node.camera_info`); ``/diagnostics``. Every output carries the input header
+unchanged. Colour, overlay, confidence and the compressed outputs are computed only while they have subscribers.
+The parameter ``color_palette`` holds the colours in use after configure (the legend, with LabelInfo's names).
 
 rclpy is imported only in this module; everything else in mfuser_ros runs without ROS 2.
 """
@@ -28,16 +31,19 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from rclpy.qos import (
     QoSDurabilityPolicy,
     QoSHistoryPolicy,
     QoSProfile,
     QoSReliabilityPolicy,
 )
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
 from vision_msgs.msg import LabelInfo, VisionClass
 
+from mfuser_model.classes import palette_to_hex
 from mfuser_model.errors import CheckpointError, ConfigError
+from mfuser_ros.node.camera_info import CameraInfoData
 from mfuser_ros.node.config import (
     NodeConfig,
     is_compressed_topic,
@@ -45,14 +51,15 @@ from mfuser_ros.node.config import (
     output_topic,
     parameter_defaults,
 )
-from mfuser_ros.node.conversions import OutputImage
-from mfuser_ros.node.model_loader import LoadedModel, load_model, release_model
+from mfuser_ros.node.conversions import CompressedOutput, OutputImage
+from mfuser_ros.node.model_loader import LoadedModel, load_model, model_legend, release_model
 from mfuser_ros.node.pipeline import CameraOutputs, FrameWorker, Wanted, leave_process
 from mfuser_ros.node.stats import DiagnosticThresholds
 
 __all__ = ["MFuserNode", "main", "ros_qos"]
 
 _KINDS = ("labels", "color", "overlay", "confidence")
+_COMPRESSED_KINDS = ("labels", "color", "overlay")  # <kind>/compressed (image_transport naming)
 
 
 def ros_qos(profile: str, depth: int, transient_local: bool = False) -> QoSProfile:
@@ -82,17 +89,43 @@ def to_ros_image(header: Any, image: OutputImage) -> Image:
     return msg
 
 
+def to_ros_compressed(header: Any, image: CompressedOutput) -> CompressedImage:
+    """CompressedOutput -> sensor_msgs/CompressedImage with ``header`` unchanged."""
+    msg = CompressedImage()
+    msg.header = header
+    msg.format = image.format
+    msg.data = array.array("B", image.data.tobytes())
+    return msg
+
+
+def to_ros_camera_info(info: CameraInfoData) -> CameraInfo:
+    """CameraInfoData -> sensor_msgs/CameraInfo (header = the labels' header)."""
+    roi = info.roi
+    return CameraInfo(header=info.header, height=info.height, width=info.width,
+                      distortion_model=info.distortion_model, d=list(info.d), k=list(info.k), r=list(info.r),
+                      p=list(info.p), binning_x=info.binning_x, binning_y=info.binning_y,
+                      roi=RegionOfInterest(x_offset=roi.x_offset, y_offset=roi.y_offset, height=roi.height,
+                                           width=roi.width, do_rectify=roi.do_rectify))
+
+
 class _RosSink:
     """Lifecycle publishers of every camera; optional outputs only while subscribed."""
 
     def __init__(self, node: LifecycleNode, config: NodeConfig) -> None:
         qos = ros_qos(config.output_qos, config.output_qos_depth)
-        self.publishers = [{kind: node.create_lifecycle_publisher(Image, output_topic(camera, kind), qos)
-                            for kind in _KINDS} for camera in config.camera_namespaces()]
+        self.publishers = []
+        for camera in config.camera_namespaces():
+            pubs = {kind: node.create_lifecycle_publisher(Image, output_topic(camera, kind), qos) for kind in _KINDS}
+            for kind in _COMPRESSED_KINDS:
+                pubs[f"{kind}/compressed"] = node.create_lifecycle_publisher(
+                    CompressedImage, output_topic(camera, f"{kind}/compressed"), qos)
+            pubs["camera_info"] = node.create_lifecycle_publisher(CameraInfo, output_topic(camera, "camera_info"), qos)
+            self.publishers.append(pubs)
 
     def wanted(self, camera: int) -> Wanted:
         pubs = self.publishers[camera]
-        return Wanted(*(pubs[k].get_subscription_count() > 0 for k in ("color", "overlay", "confidence")))
+        return Wanted(*(pubs[k].get_subscription_count() > 0 for k in (
+            "color", "overlay", "confidence", "labels/compressed", "color/compressed", "overlay/compressed")))
 
     def publish(self, outputs: CameraOutputs) -> None:
         pubs = self.publishers[outputs.camera]
@@ -100,6 +133,11 @@ class _RosSink:
             image = getattr(outputs, kind)
             if image is not None:
                 pubs[kind].publish(to_ros_image(outputs.header, image))
+        for kind, image in outputs.compressed.items():
+            pubs[f"{kind}/compressed"].publish(to_ros_compressed(outputs.header, image))
+
+    def publish_camera_info(self, camera: int, info: CameraInfoData) -> None:
+        self.publishers[camera]["camera_info"].publish(to_ros_camera_info(info))
 
     def destroy(self, node: LifecycleNode) -> None:
         for pubs in self.publishers:
@@ -125,6 +163,7 @@ class MFuserNode(LifecycleNode):
         self._sink: _RosSink | None = None
         self._subscriptions: list[Any] = []
         self._label_pubs: list[Any] = []
+        self._auto_palette: list[str] | None = None  # color_palette as this node set it (the model's palette)
         self._diag_pub = None
         self._diag_timer = None
         # A dying worker thread only triggers this guard; the executor thread then publishes the ERROR status and
@@ -140,6 +179,9 @@ class MFuserNode(LifecycleNode):
             value = self.get_parameter(name).value
             if value is not None:
                 params[name] = list(value) if isinstance(value, (list, tuple, array.array)) else value
+        if self._auto_palette is not None and params.get("color_palette") == self._auto_palette:
+            # The value this node filled in at the last configure, not the user's: follow the (maybe new) model.
+            del params["color_palette"]
         return node_config_from_params(params, where=f"node '{self.get_fully_qualified_name()}' parameters")
 
     def _now_ns(self) -> int:
@@ -184,6 +226,18 @@ class MFuserNode(LifecycleNode):
         release_model(self.model)
         self.model = None
 
+    def _show_palette(self) -> bool:
+        """Fill ``color_palette`` with the model's palette when it is empty, so viewers can read the legend."""
+        try:
+            legend = model_legend(self.config)
+        except (ConfigError, CheckpointError) as err:
+            self.get_logger().error(f"cannot read the model's classes: {err}")
+            return False
+        if not self.config.color_palette:
+            self._auto_palette = list(palette_to_hex(legend.palette))
+            self.set_parameters([Parameter("color_palette", Parameter.Type.STRING_ARRAY, self._auto_palette)])
+        return True
+
     def _publish_label_info(self) -> None:
         info = LabelInfo()
         info.header.stamp = self.get_clock().now().to_msg()
@@ -221,6 +275,8 @@ class MFuserNode(LifecycleNode):
             self.get_logger().error(f"invalid parameters: {err}")
             return TransitionCallbackReturn.FAILURE
         config = self.config
+        if not self._show_palette():
+            return TransitionCallbackReturn.FAILURE
         self._sink = _RosSink(self, config)
         latched = ros_qos("reliable", 1, transient_local=True)
         self._label_pubs = [self.create_lifecycle_publisher(LabelInfo, output_topic(c, "label_info"), latched)
@@ -231,7 +287,8 @@ class MFuserNode(LifecycleNode):
         self.worker = FrameWorker(
             self.model.pipeline if self.model else None, config.camera_namespaces(), self._sink,
             clock_ns=self._now_ns, warn=self.get_logger().warning, log_throttle_s=config.log_throttle_s,
-            stats_window_s=config.stats_window_s, on_failure=self._worker_failed)
+            stats_window_s=config.stats_window_s, camera_info_timeout_s=config.camera_info_timeout_s,
+            on_failure=self._worker_failed)
         self._diag_timer = self.create_timer(config.diagnostics_period_s, self._publish_diagnostics)
         return super().on_configure(state)
 
@@ -251,6 +308,9 @@ class MFuserNode(LifecycleNode):
             msg_type = CompressedImage if is_compressed_topic(topic) else Image
             self._subscriptions.append(self.create_subscription(
                 msg_type, topic, lambda msg, i=index: self.worker.submit(i, msg), qos))
+        for index, topic in enumerate(config.camera_info_topic_names()):
+            self._subscriptions.append(self.create_subscription(
+                CameraInfo, topic, lambda msg, i=index: self.worker.submit_camera_info(i, msg), qos))
         self.worker.start()
         self.get_logger().info(f"segmenting {', '.join(config.image_topics)}")
         return result

@@ -8,12 +8,14 @@ from typing import Any
 
 import torch
 
-from mfuser_model.checkpoint import build_model
+from mfuser_model.checkpoint import build_model, read_model_config
+from mfuser_model.classes import palette_from_hex
+from mfuser_model.config import load_model_config
 from mfuser_model.errors import ConfigError
 from mfuser_ros.node.config import NodeConfig
 from mfuser_ros.node.pipeline import SegmentationPipeline
 
-__all__ = ["LoadedModel", "load_model", "release_model"]
+__all__ = ["Legend", "LoadedModel", "load_model", "model_legend", "release_model"]
 
 
 @dataclass
@@ -25,6 +27,38 @@ class LoadedModel:
     palette: tuple[tuple[int, int, int], ...]
     device: str
     random_weights: bool = False  # no checkpoint: only for tests and demos, the node warns
+
+
+@dataclass(frozen=True)
+class Legend:
+    """What a viewer needs to read the label image: a name and an RGB colour per class id."""
+
+    class_names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+
+
+def _legend(config: NodeConfig, class_names: tuple[str, ...],
+            model_palette: tuple[tuple[int, int, int], ...]) -> Legend:
+    """The model's legend with the ``color_palette`` parameter, when set, in place of its palette."""
+    if not config.color_palette:
+        return Legend(tuple(class_names), tuple(model_palette))
+    palette = palette_from_hex(config.color_palette)  # NodeConfig checked the '#RRGGBB' form
+    if len(palette) < len(class_names):
+        msg = (f"parameter 'color_palette': {len(palette)} colours for the model's {len(class_names)} classes "
+               f"({', '.join(class_names)}); give one per class id or leave it empty for the model's palette")
+        raise ConfigError(msg)
+    return Legend(tuple(class_names), palette[: len(class_names)])
+
+
+def model_legend(config: NodeConfig) -> Legend:
+    """The legend the node will use, read from the checkpoint's metadata or the preset (no tensors loaded).
+
+    Raises:
+        ConfigError: unknown preset, or ``color_palette`` shorter than the class list.
+        CheckpointError: the checkpoint cannot be read.
+    """
+    model_config = (read_model_config(config.checkpoint) if config.checkpoint else load_model_config(config.preset))
+    return _legend(config, tuple(model_config.class_names), tuple(model_config.palette))
 
 
 def _check_device(device: str) -> None:
@@ -52,16 +86,19 @@ def _build_segmenter(model: Any, config: NodeConfig) -> Any:
 def load_model(config: NodeConfig) -> LoadedModel:
     """Build the model of ``config`` (preset and/or checkpoint) on its device and wrap it in a pipeline.
 
+    The palette is ``color_palette`` when set, else the model's.
+
     Raises:
-        ConfigError: unknown preset, device not available, unsupported precision/backend (names the parameter).
+        ConfigError: unknown preset, device not available, unsupported precision/backend, ``color_palette`` shorter
+            than the class list (names the parameter).
         CheckpointError: the checkpoint file cannot be read or does not fit the preset.
     """
     _check_device(config.device)
     model = build_model(config.preset or None, checkpoint=config.checkpoint or None, device=config.device)
     segmenter = _build_segmenter(model, config)
-    model_config = model.config
-    pipeline = SegmentationPipeline.from_config(config, segmenter, palette=tuple(model_config.palette))
-    return LoadedModel(pipeline, tuple(model_config.class_names), tuple(model_config.palette), config.device,
+    legend = _legend(config, tuple(model.config.class_names), tuple(model.config.palette))
+    pipeline = SegmentationPipeline.from_config(config, segmenter, palette=legend.palette)
+    return LoadedModel(pipeline, legend.class_names, legend.palette, config.device,
                        random_weights=not config.checkpoint)
 
 

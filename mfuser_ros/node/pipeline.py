@@ -4,7 +4,9 @@
 output images). :class:`FrameWorker` adds the real-time policy every transport shares: subscription callbacks call
 :meth:`FrameWorker.submit`, which only swaps the camera's *latest* slot (never blocks, counts the frame it replaced
 as dropped); one worker thread takes the newest frame of every camera that has one, runs them through the model as
-one batch and hands the results to an :class:`OutputSink` (rclpy publishers, DDS writers, a bag writer).
+one batch and hands the results to an :class:`OutputSink` (rclpy publishers, DDS writers, a bag writer). CameraInfo
+messages go through :meth:`FrameWorker.submit_camera_info` and come out paired with their frame, scaled to its output
+size (:mod:`mfuser_ros.node.camera_info`).
 """
 
 from __future__ import annotations
@@ -23,15 +25,20 @@ import numpy as np
 
 from mfuser_model.classes import CITYSCAPES_PALETTE
 from mfuser_ros.errors import FrameError, clip
+from mfuser_ros.node.camera_info import CameraInfoData, CameraInfoPairer
 from mfuser_ros.node.config import NodeConfig
 from mfuser_ros.node.conversions import (
+    CompressedOutput,
     ImageLimits,
     OutputImage,
     confidence_to_mono8,
+    encode_jpeg_bgr8,
+    encode_png_mono8,
     labels_to_color_bgr,
     message_to_rgb,
     overlay_bgr,
     palette_lut_bgr,
+    stamp_ns,
 )
 from mfuser_ros.node.stats import ERROR, CameraStats, DiagnosticStatusData, DiagnosticThresholds, build_statuses
 
@@ -62,11 +69,18 @@ class SegmenterLike(Protocol):
 
 @dataclass(frozen=True)
 class Wanted:
-    """Optional outputs to compute for one frame (labels are always computed)."""
+    """Optional outputs to compute for one frame (raw labels are always computed).
+
+    The ``*_compressed`` flags are the image_transport ``<kind>/compressed`` topics: labels as lossless PNG, colour
+    and overlay as JPEG.
+    """
 
     color: bool = False
     overlay: bool = False
     confidence: bool = False
+    labels_compressed: bool = False
+    color_compressed: bool = False
+    overlay_compressed: bool = False
 
 
 @dataclass
@@ -86,7 +100,11 @@ class FrameTiming:
 
 @dataclass
 class CameraOutputs:
-    """Everything to publish for one input frame; ``header`` is the input message's header object, unchanged."""
+    """Everything to publish for one input frame; ``header`` is the input message's header object, unchanged.
+
+    ``input_size`` is the decoded input's (height, width) (the CameraInfo is scaled from it to the labels' size);
+    ``compressed`` maps ``labels``/``color``/``overlay`` to their CompressedImage payload when wanted.
+    """
 
     camera: int
     header: Any
@@ -95,6 +113,8 @@ class CameraOutputs:
     overlay: OutputImage | None
     confidence: OutputImage | None
     timing: FrameTiming
+    input_size: tuple[int, int] = (0, 0)
+    compressed: dict[str, CompressedOutput] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -119,11 +139,6 @@ def leave_process(code: int) -> NoReturn:
     os._exit(code)
 
 
-def stamp_ns(header: Any) -> int:
-    """``header.stamp`` as integer nanoseconds."""
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-
-
 class SegmentationPipeline:
     """Decode, segment and encode frames; no threads, no transport.
 
@@ -134,25 +149,30 @@ class SegmentationPipeline:
         overlay_alpha: weight of the colour mask in the overlay.
         palette: RGB colour per class id.
         max_batch: most frames per model call.
+        png_level / jpeg_quality: compression of the ``labels/compressed`` (PNG) and colour/overlay (JPEG) outputs.
     """
 
     def __init__(self, segmenter: SegmenterLike, *, limits: ImageLimits | None = None,
                  output_size: tuple[int, int] | None = None, overlay_alpha: float = 0.5,
-                 palette: tuple[tuple[int, int, int], ...] = CITYSCAPES_PALETTE, max_batch: int = 4) -> None:
+                 palette: tuple[tuple[int, int, int], ...] = CITYSCAPES_PALETTE, max_batch: int = 4,
+                 png_level: int = 3, jpeg_quality: int = 90) -> None:
         self.segmenter = segmenter
         self.limits = limits or ImageLimits()
         self.output_size = output_size
         self.overlay_alpha = overlay_alpha
         self.max_batch = max_batch
+        self.palette = tuple(palette)
+        self.png_level = png_level
+        self.jpeg_quality = jpeg_quality
         self._lut_bgr = palette_lut_bgr(palette)
 
     @classmethod
     def from_config(cls, config: NodeConfig, segmenter: SegmenterLike,
                     palette: tuple[tuple[int, int, int], ...] = CITYSCAPES_PALETTE) -> SegmentationPipeline:
-        """Pipeline with the limits, output size, overlay weight and batch size of ``config``."""
+        """Pipeline with the limits, output size, overlay weight, batch size and compression of ``config``."""
         return cls(segmenter, limits=ImageLimits(config.max_width, config.max_height),
                    output_size=config.output_size, overlay_alpha=config.overlay_alpha, palette=palette,
-                   max_batch=config.max_batch)
+                   max_batch=config.max_batch, png_level=config.png_level, jpeg_quality=config.jpeg_quality)
 
     def decode(self, msg: Any) -> np.ndarray:
         """Image or CompressedImage -> (H, W, 3) uint8 RGB. Raises FrameError on a malformed message.
@@ -173,15 +193,24 @@ class SegmentationPipeline:
         t0 = time.perf_counter()
         labels = np.ascontiguousarray(result.labels, dtype=np.uint8)
         color = overlay = confidence = None
-        if wanted.color or wanted.overlay:
+        compressed: dict[str, CompressedOutput] = {}
+        if wanted.labels_compressed:
+            compressed["labels"] = encode_png_mono8(labels, self.png_level)
+        if wanted.color or wanted.overlay or wanted.color_compressed or wanted.overlay_compressed:
             color_bgr = labels_to_color_bgr(labels, self._lut_bgr)
             color = OutputImage("bgr8", color_bgr) if wanted.color else None
-            if wanted.overlay:
-                overlay = OutputImage("bgr8", overlay_bgr(rgb, color_bgr, labels, self.overlay_alpha))
+            if wanted.color_compressed:
+                compressed["color"] = encode_jpeg_bgr8(color_bgr, self.jpeg_quality)
+            if wanted.overlay or wanted.overlay_compressed:
+                overlay_image = overlay_bgr(rgb, color_bgr, labels, self.overlay_alpha)
+                overlay = OutputImage("bgr8", overlay_image) if wanted.overlay else None
+                if wanted.overlay_compressed:
+                    compressed["overlay"] = encode_jpeg_bgr8(overlay_image, self.jpeg_quality)
         if wanted.confidence:
             confidence = OutputImage("mono8", confidence_to_mono8(np.asarray(result.confidence, dtype=np.float32)))
         timing.encode_ms = (time.perf_counter() - t0) * 1e3
-        return CameraOutputs(camera, header, OutputImage("mono8", labels), color, overlay, confidence, timing)
+        return CameraOutputs(camera, header, OutputImage("mono8", labels), color, overlay, confidence, timing,
+                             input_size=(int(rgb.shape[0]), int(rgb.shape[1])), compressed=compressed)
 
     def run(self, frames: Sequence[tuple[int, Any]],
             wanted: Callable[[int], Wanted] = lambda _camera: Wanted()) -> list[CameraOutputs | FrameFailure]:
@@ -298,6 +327,11 @@ class OutputSink(Protocol):
         """Publish one frame's outputs (header already the input's)."""
         ...
 
+    def publish_camera_info(self, camera: int, info: CameraInfoData) -> None:
+        """Publish a frame's CameraInfo (scaled to its labels, with their header); called after :meth:`publish`,
+        possibly from a subscription callback when the CameraInfo arrived after the frame's outputs."""
+        ...
+
 
 class ThrottledLog:
     """At most one message per key and period; the next one says how many were suppressed."""
@@ -338,17 +372,22 @@ class FrameWorker:
         on_failure: called (on the dying worker thread, with the reason) when the thread ends on an unexpected
             error. Frames cannot cause that (bad frames and model failures are per frame), so it means a bug or a
             broken transport: the transports publish an ERROR status and exit non-zero, for a supervisor to restart.
+        camera_info_timeout_s: how long a frame waits for its CameraInfo (None: no limit; see
+            :class:`~mfuser_ros.node.camera_info.CameraInfoPairer`).
     """
 
     def __init__(self, pipeline: SegmentationPipeline | None, cameras: Sequence[str], sink: OutputSink, *,
                  clock_ns: Callable[[], int] = time.time_ns, warn: Callable[[str], None] = print,
                  log_throttle_s: float = 5.0, stats_window_s: float = 5.0,
+                 camera_info_timeout_s: float | None = 1.0,
                  on_failure: Callable[[str], None] | None = None) -> None:
         self.pipeline = pipeline
         self.cameras = list(cameras)
         self.sink = sink
         self.clock_ns = clock_ns
         self.stats = [CameraStats(stats_window_s) for _ in self.cameras]
+        self.camera_infos = CameraInfoPairer(len(self.cameras), camera_info_timeout_s)
+        self._unmatched_logged = [0] * len(self.cameras)
         self._slots = LatestFrameSlots(len(self.cameras))
         self._warn = warn
         self._log = ThrottledLog(warn, log_throttle_s)
@@ -368,6 +407,16 @@ class FrameWorker:
         self.stats[camera].record_input(False)
         self.stats[camera].record_error(kind)
         self._log((camera, kind), f"camera '{self.cameras[camera]}': message skipped: {reason}")
+
+    def submit_camera_info(self, camera: int, msg: Any) -> None:
+        """CameraInfo subscription callback body: pair it with its frame (publishing it if that frame is done)."""
+        try:
+            infos = self.camera_infos.add_info(camera, msg)
+        except FrameError as err:
+            self._log((camera, "camera_info"), f"camera '{self.cameras[camera]}': CameraInfo skipped: {err}")
+            return
+        for info in infos:
+            self.sink.publish_camera_info(camera, info)
 
     def start(self) -> None:
         """Start the worker thread (after a :meth:`stop` that timed out, once the old thread's batch is done)."""
@@ -444,10 +493,26 @@ class FrameWorker:
             result.timing.publish_ms = (time.perf_counter() - t0) * 1e3
             latency_ms = (self.clock_ns() - stamp_ns(result.header)) / 1e6
             self.stats[result.camera].record_output(result.timing.total_ms, latency_ms)
+            for info in self.camera_infos.add_frame(result.camera, result.header, result.input_size,
+                                                    result.labels.data.shape[:2]):
+                self.sink.publish_camera_info(result.camera, info)
+        self.camera_infos.expire()
+        self._log_unmatched_camera_info()
+
+    def _log_unmatched_camera_info(self) -> None:
+        for camera, unmatched in enumerate(self.camera_infos.unmatched):
+            if unmatched > self._unmatched_logged[camera]:
+                new, self._unmatched_logged[camera] = unmatched - self._unmatched_logged[camera], unmatched
+                self._log((camera, "camera_info_unmatched"),
+                          f"camera '{self.cameras[camera]}': {new} frame(s) got no CameraInfo: none with their stamp "
+                          f"arrived within {self.camera_infos.timeout_s} s ({unmatched} in total)")
 
     def statuses(self, node_name: str, limits: DiagnosticThresholds, active: bool = True) -> list[DiagnosticStatusData]:
         """Diagnostic status per camera from the current statistics (ERROR for all if the thread failed)."""
+        self.camera_infos.expire()
         statuses = build_statuses(node_name, self.cameras, [s.snapshot() for s in self.stats], limits, active)
+        statuses = [dataclasses.replace(s, values={**s.values, **self.camera_infos.values(i)})
+                    for i, s in enumerate(statuses)]
         if self.failure:
             statuses = [dataclasses.replace(s, level=ERROR, message=f"worker stopped: {self.failure}")
                         for s in statuses]

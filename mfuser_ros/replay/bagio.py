@@ -25,9 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from mfuser_model.errors import MFuserError
+from mfuser_ros.node.camera_info import CameraInfoData, camera_info_from_message
 
 __all__ = [
+    "CAMERA_INFO_TYPE",
+    "COMPRESSED_TYPE",
     "IMAGE_TYPES",
     "BagInput",
     "BagMessage",
@@ -41,6 +46,7 @@ __all__ = [
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 IMAGE_TYPES: frozenset[str] = frozenset({IMAGE_TYPE, COMPRESSED_TYPE})
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 
 _MCAP_MAGIC = b"\x89MCAP0\r\n"
 
@@ -430,15 +436,33 @@ class BagOutput:
         return self.typestore.types[IMAGE_TYPE](header=header, height=height, width=width, encoding=encoding,
                                                 is_bigendian=0, step=int(data.strides[0]), data=data.reshape(-1))
 
+    def compressed(self, header: Any, fmt: str, data: Any) -> Any:
+        """A sensor_msgs/CompressedImage with ``header``, ``format`` and the encoded bytes."""
+        return self.typestore.types[COMPRESSED_TYPE](header=header, format=fmt, data=data)
+
+    def camera_info(self, info: CameraInfoData, header: Any | None = None) -> Any:
+        """A sensor_msgs/CameraInfo of ``info`` (with ``header`` in place of its own, e.g. a ROS 2 copy of it)."""
+        types = self.typestore.types
+        roi = types["sensor_msgs/msg/RegionOfInterest"](x_offset=info.roi.x_offset, y_offset=info.roi.y_offset,
+                                                         height=info.roi.height, width=info.roi.width,
+                                                         do_rectify=info.roi.do_rectify)
+        return types[CAMERA_INFO_TYPE](
+            header=info.header if header is None else header, height=info.height, width=info.width,
+            distortion_model=info.distortion_model, d=np.array(info.d, dtype=np.float64),
+            k=np.array(info.k, dtype=np.float64), r=np.array(info.r, dtype=np.float64),
+            p=np.array(info.p, dtype=np.float64), binning_x=info.binning_x, binning_y=info.binning_y, roi=roi)
+
     def to_ros2(self, message: BagMessage) -> bytes:
-        """CDR bytes of an input image message: the bytes themselves for ROS 2, rebuilt for ROS 1."""
+        """CDR bytes of an input image or CameraInfo message: the bytes themselves for ROS 2, rebuilt for ROS 1."""
         msg = message.msg
         types = self.typestore.types
         stamp = msg.header.stamp
         header = types["std_msgs/msg/Header"](
             stamp=types["builtin_interfaces/msg/Time"](sec=int(stamp.sec), nanosec=int(stamp.nanosec)),
             frame_id=str(msg.header.frame_id))
-        if message.msgtype == COMPRESSED_TYPE:
+        if message.msgtype == CAMERA_INFO_TYPE:
+            out = self.camera_info(camera_info_from_message(msg), header)
+        elif message.msgtype == COMPRESSED_TYPE:
             out = types[COMPRESSED_TYPE](header=header, format=msg.format, data=msg.data)
         else:
             out = types[IMAGE_TYPE](header=header, height=msg.height, width=msg.width, encoding=msg.encoding,

@@ -17,13 +17,14 @@ from mfuser_ros.replay.runner import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     GT_SUFFIX,
+    OPTIONAL_OUTPUTS,
     ReplayError,
     ReplayOptions,
     ReplayResult,
     run_replay,
 )
 
-__all__ = ["build_parser", "main", "options_from_args"]
+__all__ = ["add_replay_arguments", "build_parser", "main", "options_from_args"]
 
 
 def _parse_gt_topics(values: Sequence[str]) -> dict[str, str]:
@@ -43,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bag", type=Path, help="rosbag2 directory, .mcap, .db3 or ROS 1 .bag")
     p.add_argument("--out", type=Path, required=True, help="report folder: output bag, metrics.json, report.md")
+    add_replay_arguments(p)
+    return p
+
+
+def add_replay_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of one bag's replay (model, topics, ground truth, outputs); mfuser-replay-fleet shares them."""
     p.add_argument("--checkpoint", help="whole-model .safetensors file (mfuser-train output)")
     p.add_argument("--preset", help="model preset (with --checkpoint: must match; alone: random weights)")
     p.add_argument("--config", type=Path, help="node parameter file (ROS 2 YAML, e.g. config/mfuser_node.yaml)")
@@ -58,12 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="output bag storage")
     p.add_argument("--realtime", action="store_true", help="play at the recorded rate and drop frames as the node")
     p.add_argument("--rate", type=float, default=1.0, help="playback speed factor for --realtime")
-    p.add_argument("--outputs", nargs="*", default=["color"], choices=("color", "overlay", "confidence"),
-                   help="outputs besides labels (default: color)")
+    p.add_argument("--outputs", nargs="*", default=["color"], choices=OPTIONAL_OUTPUTS,
+                   help="outputs besides labels and camera_info (default: color)")
     p.add_argument("--montage-rows", type=int, default=8, help="sampled frames in montage.png (0: none)")
     p.add_argument("--max-frames", type=int, default=0, help="stop after this many camera frames (0: all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
 
 
 def options_from_args(args: argparse.Namespace) -> ReplayOptions:

@@ -201,12 +201,18 @@ class Evaluator:
         self.matrices = {c: ConfusionMatrix(len(self.class_names)) for c in self.cameras}
         self.frames = dict.fromkeys(self.cameras, 0)
 
-    def add(self, camera: str, pred: np.ndarray, gt_train: np.ndarray) -> None:
-        """Count one frame: ``pred`` (h, w) uint8 class ids, ``gt_train`` (H, W) uint8 train ids."""
+    def add(self, camera: str, pred: np.ndarray, gt_train: np.ndarray) -> ConfusionMatrix:
+        """Count one frame: ``pred`` (h, w) uint8 class ids, ``gt_train`` (H, W) uint8 train ids.
+
+        Returns the frame's own matrix (per-frame scores: the worst frames of a drive).
+        """
         if pred.shape != gt_train.shape:
             pred = cv2.resize(pred, (gt_train.shape[1], gt_train.shape[0]), interpolation=cv2.INTER_NEAREST)
-        self.matrices[camera].update(pred, gt_train)
+        frame = ConfusionMatrix(len(self.class_names))
+        frame.update(pred, gt_train)
+        self.matrices[camera].merge(frame)
         self.frames[camera] += 1
+        return frame
 
     def overall(self) -> ConfusionMatrix:
         """All cameras together."""

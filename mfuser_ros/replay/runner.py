@@ -10,8 +10,11 @@ objects the rclpy node runs — so labels in the output bag are what the node wo
   ``now - header.stamp`` on the bag's clock: what the vehicle would get from this machine.
 
 Outputs in ``--out``: a rosbag2 (mcap by default, ``--storage sqlite3``) with the topics read plus
-``<camera>/mfuser/labels`` (mono8) and ``<camera>/mfuser/color`` (bgr8), input headers copied; ``metrics.json``;
-``report.md``; ``montage.png``. Ground truth comes from label topics (``<camera>/ground_truth/labels``, mono8,
+``<camera>/mfuser/labels`` (mono8) and ``<camera>/mfuser/color`` (bgr8), input headers copied (``--outputs`` adds
+overlay, confidence and the ``<kind>/compressed`` topics), and ``<camera>/mfuser/camera_info`` (scaled to the output
+size, paired by stamp) when the bag has the camera's CameraInfo topic; ``metrics.json`` (with the legend);
+``report.md``; ``montage.png``; ``frames.csv`` (one row per frame: latency, and the frame's mIoU and pixel accuracy
+where it met ground truth). Ground truth comes from label topics (``<camera>/ground_truth/labels``, mono8,
 matched by header stamp) or a folder of PNGs (``--gt-dir``). Ctrl-C, or a bag that breaks off, still leaves a
 valid bag and a report marked partial.
 """
@@ -29,12 +32,23 @@ from typing import Any, Literal
 
 import numpy as np
 
+from mfuser_model.classes import palette_to_hex
 from mfuser_model.errors import MFuserError
+from mfuser_ros.node.camera_info import CameraInfoData
 from mfuser_ros.node.config import NodeConfig, output_topic
 from mfuser_ros.node.conversions import message_to_rgb
 from mfuser_ros.node.model_loader import LoadedModel, load_model
 from mfuser_ros.node.pipeline import CameraOutputs, FrameWorker, Wanted, stamp_ns
-from mfuser_ros.replay.bagio import IMAGE_TYPE, IMAGE_TYPES, BagInput, BagMessage, BagOutput, BagReadError
+from mfuser_ros.replay.bagio import (
+    CAMERA_INFO_TYPE,
+    COMPRESSED_TYPE,
+    IMAGE_TYPE,
+    IMAGE_TYPES,
+    BagInput,
+    BagMessage,
+    BagOutput,
+    BagReadError,
+)
 from mfuser_ros.replay.evaluation import (
     Evaluator,
     GroundTruthDir,
@@ -47,9 +61,12 @@ from mfuser_ros.replay.evaluation import (
     to_train_ids,
     write_report,
 )
+from mfuser_ros.replay.frame_log import FrameLog
 
 __all__ = ["GT_SUFFIX", "ReplayError", "ReplayOptions", "ReplayResult", "find_camera_topics", "run_replay"]
 
+# ReplayOptions.outputs, in the order of Wanted's fields.
+OPTIONAL_OUTPUTS = ("color", "overlay", "confidence", "labels/compressed", "color/compressed", "overlay/compressed")
 # Ground-truth topic of a camera namespace when none is given: ``<camera>/ground_truth/labels``.
 GT_SUFFIX = "ground_truth/labels"
 EXIT_OK, EXIT_ERROR, EXIT_BAG_DAMAGED, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -72,7 +89,8 @@ class ReplayOptions:
         gt_format: ground-truth values are Cityscapes ``labelids`` or ``trainids``.
         storage: output bag storage, ``mcap`` or ``sqlite3``.
         realtime / rate: play at the recorded rate (scaled) with the node's frame dropping.
-        outputs: optional outputs to write besides labels (``color``, ``overlay``, ``confidence``).
+        outputs: optional outputs to write besides labels (``color``, ``overlay``, ``confidence``,
+            ``labels/compressed``, ``color/compressed``, ``overlay/compressed``).
         montage_rows: most sampled frames in the montage (0 = no montage).
         max_frames: stop after this many camera frames (0 = all).
         progress: show a progress bar on stderr.
@@ -105,6 +123,9 @@ class ReplayResult:
     report_md: Path
     montage_png: Path | None
     exit_code: int
+    frames_csv: Path | None = None
+    frame_log: FrameLog | None = None  # in-process only: per-frame latency and scores (fleet jobs merge them)
+    evaluator: Evaluator | None = None  # in-process only: the per-camera confusion matrices
 
 
 def _is_output_or_gt(topic: str) -> bool:
@@ -154,8 +175,7 @@ class _ReplaySink:
     def __init__(self, run: _Run) -> None:
         self.run = run
         outputs = run.options.outputs
-        self._wanted = Wanted(color="color" in outputs, overlay="overlay" in outputs,
-                              confidence="confidence" in outputs)
+        self._wanted = Wanted(*(kind in outputs for kind in OPTIONAL_OUTPUTS))
 
     def wanted(self, camera: int) -> Wanted:
         return self._wanted
@@ -169,12 +189,22 @@ class _ReplaySink:
         except MFuserError as err:  # on the worker thread: hand it to the main thread, which stops the replay
             self.run.fatal = self.run.fatal or err
 
+    def publish_camera_info(self, camera: int, info: CameraInfoData) -> None:
+        run = self.run
+        # Beside its labels in the bag: at their log time (known once the labels are written).
+        with run.lock:
+            out_ts = run.label_times[camera].get(stamp_ns(info.header))
+        out_ts = run.clock_ns() if out_ts is None or run.options.realtime else out_ts
+        run.out_bag.write(output_topic(run.namespaces[camera], "camera_info"), CAMERA_INFO_TYPE, out_ts,
+                          run.out_bag.camera_info(info))
+
 
 class _Run:
     """State of one replay: the pending input frames, evaluation, latency and the output bag."""
 
     def __init__(self, options: ReplayOptions, cameras: list[str], topics: list[str], namespaces: list[str],
-                 gt_topics: dict[str, int], out_bag: BagOutput, progress: _Progress, expected: int) -> None:
+                 gt_topics: dict[str, int], out_bag: BagOutput, progress: _Progress, expected: int,
+                 palette: tuple[tuple[int, int, int], ...]) -> None:
         import threading  # noqa: PLC0415
 
         self.options = options
@@ -193,9 +223,13 @@ class _Run:
         self.lut = gt_lut(options.gt_format)
         self.gt_dir = GroundTruthDir(options.gt_dir, options.gt_key) if options.gt_dir else None
         self.gt_missing = [0] * len(cameras)
+        self.frame_log = FrameLog()
         per_camera = max(1, expected // max(1, len(cameras)))
         rows_per_camera = max(1, options.montage_rows // max(1, len(cameras)))
-        self.montage = Montage(every=max(1, per_camera // rows_per_camera), max_rows=options.montage_rows)
+        self.montage = Montage(every=max(1, per_camera // rows_per_camera), max_rows=options.montage_rows,
+                               palette=palette)
+        self.label_times: list[OrderedDict[int, int]] = [OrderedDict() for _ in cameras]  # stamp -> labels' log time
+        self.info_topics: dict[str, int] = {}  # CameraInfo topic in the bag -> camera
         self.clock_ns: Callable[[], int] = time.time_ns
         self.fatal: MFuserError | None = None  # an error raised on the worker thread (real-time mode)
         self.worker: FrameWorker | None = None
@@ -233,26 +267,25 @@ class _Run:
                 pending.popitem(last=False)
             timestamp, message, index = pending.pop(key)
         out_ts = self.clock_ns() if self.options.realtime else timestamp
-        bag = self.out_bag
-        bag.write(self.out_topics["labels"][camera], IMAGE_TYPE, out_ts,
-                  bag.image(outputs.header, outputs.labels.encoding, outputs.labels.data))
-        for kind in ("color", "overlay", "confidence"):
-            image = getattr(outputs, kind)
-            if image is not None:
-                bag.write(self.out_topics[kind][camera], IMAGE_TYPE, out_ts,
-                          bag.image(outputs.header, image.encoding, image.data))
+        self._write_outputs(outputs, out_ts)
         write_ms = (time.perf_counter() - t0) * 1e3
         stamp = stamp_ns(outputs.header)
         labels = outputs.labels.data
         with self.lock:
+            times = self.label_times[camera]
+            times[stamp] = out_ts
+            while len(times) > 256:
+                times.popitem(last=False)
             if self.worker is not None and self.worker.batches != self._batch_seen:
                 self._batch_seen = self.worker.batches  # frames of one batch share its model time
                 self.model_s += outputs.timing.model_ms / 1e3
             if self.options.realtime:
-                self.latency[camera].append((self.clock_ns() - stamp) / 1e6)
+                latency_ms = (self.clock_ns() - stamp) / 1e6
             else:
                 t = outputs.timing
-                self.latency[camera].append(t.decode_ms + t.model_ms + t.encode_ms + write_ms)
+                latency_ms = t.decode_ms + t.model_ms + t.encode_ms + write_ms
+            self.latency[camera].append(latency_ms)
+            self.frame_log.add(self.namespaces[camera], index, stamp, latency_ms)
             if self.montage.wants(index):
                 self.montage.add(self.namespaces[camera], stamp, message_to_rgb(message.msg), labels)
             if self.gt_dir is not None:
@@ -268,8 +301,20 @@ class _Run:
                 if gt is not None:
                     self._evaluate(camera, stamp, labels, gt)
 
+    def _write_outputs(self, outputs: CameraOutputs, out_ts: int) -> None:
+        bag, camera, header = self.out_bag, outputs.camera, outputs.header
+        for kind in ("labels", "color", "overlay", "confidence"):
+            image = getattr(outputs, kind)
+            if image is not None:
+                bag.write(self.out_topics[kind][camera], IMAGE_TYPE, out_ts,
+                          bag.image(header, image.encoding, image.data))
+        for kind, image in outputs.compressed.items():
+            bag.write(output_topic(self.namespaces[camera], f"{kind}/compressed"), COMPRESSED_TYPE, out_ts,
+                      bag.compressed(header, image.format, image.data))
+
     def _evaluate(self, camera: int, stamp: int, pred: np.ndarray, gt: np.ndarray) -> None:
-        self.evaluator.add(self.namespaces[camera], pred, gt)
+        frame = self.evaluator.add(self.namespaces[camera], pred, gt)
+        self.frame_log.score(self.namespaces[camera], stamp, frame)
         self.montage.set_gt(self.namespaces[camera], stamp, gt)
 
 
@@ -306,6 +351,15 @@ def _resolve_topics(options: ReplayOptions, bag: BagInput) -> tuple[list[str], d
     return cameras, explicit_gt
 
 
+def _camera_info_summary(run: _Run, worker: FrameWorker, camera: int) -> dict[str, Any] | None:
+    """Where the camera's CameraInfo came from and how many frames it was paired with (None: not in the bag)."""
+    topics = [t for t, c in run.info_topics.items() if c == camera]
+    if not topics:
+        return None
+    counts = worker.camera_infos.values(camera)
+    return {"topic": topics[0], **{k.removeprefix("camera_info_"): int(v) for k, v in counts.items()}}
+
+
 def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: NodeConfig, out_bag: Path,
              wall_s: float, partial_reason: str | None, damaged: str | None) -> dict[str, Any]:
     names = run.evaluator.class_names
@@ -326,6 +380,7 @@ def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: Nod
             "gt_unmatched": (run.matchers[i].unmatched_preds if run.gt_dir is None else run.gt_missing[i]),
             "metrics": run.evaluator.matrices[ns].to_dict(names) if evaluated else None,
             "latency_ms": latency_summary(run.latency[i]),
+            "camera_info": _camera_info_summary(run, worker, i),
         }
     evaluated_total = sum(run.evaluator.frames.values())
     all_latency = [v for lat in run.latency for v in lat]
@@ -355,6 +410,7 @@ def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: Nod
         "overall": {"metrics": run.evaluator.overall().to_dict(names) if evaluated_total else None,
                     "latency_ms": latency_summary(all_latency)},
         "class_names": list(names),
+        "palette": list(palette_to_hex(run.montage.palette)),  # the colour outputs' and montage's legend
     }
 
 
@@ -400,9 +456,14 @@ def run_replay(options: ReplayOptions, *, loaded: LoadedModel | None = None,
             expected = min(expected, options.max_frames)
         progress = _Progress(expected, options.progress)
         out_bag = BagOutput(out_bag_path, storage=options.storage)
-        run = _Run(options, cameras, list(topics), namespaces, gt_topics, out_bag, progress, expected or 0)
+        run = _Run(options, cameras, list(topics), namespaces, gt_topics, out_bag, progress, expected or 0,
+                   loaded.palette)
+        run.info_topics = {t: i for i, t in enumerate(config.camera_info_topic_names())
+                           if t in topics and topics[t].msgtype == CAMERA_INFO_TYPE}
+        # Bag order, not wall time, decides whether a CameraInfo came: frames wait until the end of the bag.
         worker = FrameWorker(loaded.pipeline, namespaces, _ReplaySink(run), warn=progress.write,
-                             log_throttle_s=config.log_throttle_s, stats_window_s=config.stats_window_s)
+                             log_throttle_s=config.log_throttle_s, stats_window_s=config.stats_window_s,
+                             camera_info_timeout_s=None)
         run.worker = worker
         t_start = time.perf_counter()
         out_bag.open()
@@ -419,7 +480,9 @@ def run_replay(options: ReplayOptions, *, loaded: LoadedModel | None = None,
     montage_path = options.out / "montage.png"
     has_montage = options.montage_rows > 0 and run.montage.save(montage_path)
     json_path, md_path = write_report(options.out, summary, run.evaluator, montage_path.name if has_montage else None)
-    return ReplayResult(summary, out_bag_path, json_path, md_path, montage_path if has_montage else None, exit_code)
+    frames_csv = run.frame_log.write_csv(options.out / "frames.csv")
+    return ReplayResult(summary, out_bag_path, json_path, md_path, montage_path if has_montage else None, exit_code,
+                        frames_csv=frames_csv, frame_log=run.frame_log, evaluator=run.evaluator)
 
 
 class _Player:
@@ -493,10 +556,13 @@ def _play(bag: BagInput, run: _Run, player: _Player, gt_topics: dict[str, int],
     camera_index = {t: i for i, t in enumerate(run.cameras)}
     frames_read = 0
     try:
-        for timestamp, message in bag.messages(run.cameras + list(gt_topics)):
+        for timestamp, message in bag.messages(run.cameras + list(gt_topics) + list(run.info_topics)):
             _copy_input(run.out_bag, bag, timestamp, message)
             if message.topic in gt_topics:
                 run.on_gt(gt_topics[message.topic], message)
+                continue
+            if message.topic in run.info_topics:
+                player.worker.submit_camera_info(run.info_topics[message.topic], message.msg)
                 continue
             camera = camera_index[message.topic]
             run.remember(camera, timestamp, message)
@@ -508,6 +574,7 @@ def _play(bag: BagInput, run: _Run, player: _Player, gt_topics: dict[str, int],
             if run.options.max_frames and frames_read >= run.options.max_frames:
                 break
         player.finish()
+        player.worker.camera_infos.finish()
     except KeyboardInterrupt:
         return (f"interrupted (Ctrl-C) after {frames_read} camera frames; the rest of the bag was not replayed",
                 EXIT_INTERRUPTED)

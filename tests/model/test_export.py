@@ -422,3 +422,15 @@ def test_tensorrt_engine_builds_once_caches_and_matches_pytorch(tiny_head, dynam
     ref = _torch_outputs(tiny_head, [t.cpu() for t in tensors])
     assert float((got[2] - ref[2]).abs().max()) <= 1e-3  # TF32 may be on inside TensorRT's fp32
     assert float((got[2].argmax(1) == ref[2].argmax(1)).float().mean()) >= 0.99
+
+
+def test_onnxruntime_sessions_follow_the_thread_policy(dynamic_export, monkeypatch):
+    from mfuser_model import threads
+    from mfuser_model.deploy.decoder_backends import OnnxRuntimeDecoder
+
+    monkeypatch.setattr(threads, "_applied", threads.ThreadSettings(3, "option", 4, passive_wait=True))
+    options = OnnxRuntimeDecoder(dynamic_export.path).session.get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (3, 1)
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    explicit = OnnxRuntimeDecoder(dynamic_export.path, num_threads=2).session.get_session_options()
+    assert explicit.intra_op_num_threads == 2

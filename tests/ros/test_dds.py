@@ -22,6 +22,7 @@ pytest.importorskip("cyclonedds", reason="cyclonedds is part of the [ros] extra"
 from mfuser_model.classes import CITYSCAPES_CLASSES
 from mfuser_ros.node.conversions import image_to_rgb
 from mfuser_ros.node.dds import (
+    CameraInfo_,
     CompressedImage_,
     DiagnosticArray_,
     DiagnosticStatus_,
@@ -29,6 +30,7 @@ from mfuser_ros.node.dds import (
     Image_,
     KeyValue_,
     LabelInfo_,
+    RegionOfInterest_,
     Time_,
     VisionClass_,
     dds_qos,
@@ -67,6 +69,22 @@ def test_compressed_image_bytes_equal_rosbags_cdr(typestore, msgs, scene):
     dds = CompressedImage_(Header_(Time_(12, 345), "camera_optical"), "jpeg", ros.data)
     assert dds.serialize() == bytes(typestore.serialize_cdr(ros, "sensor_msgs/msg/CompressedImage"))
     assert CompressedImage_.deserialize(dds.serialize()).data == ros.data.tobytes()
+
+
+def test_camera_info_bytes_equal_rosbags_cdr(typestore, msgs):
+    types = typestore.types
+    k, p = np.arange(1.0, 10.0), np.arange(1.0, 13.0)
+    ros = types["sensor_msgs/msg/CameraInfo"](
+        header=msgs.header(), height=480, width=640, distortion_model="rational_polynomial", d=np.linspace(-1, 1, 8),
+        k=k, r=np.eye(3).ravel(), p=p, binning_x=2, binning_y=1,
+        roi=types["sensor_msgs/msg/RegionOfInterest"](x_offset=3, y_offset=4, height=5, width=6, do_rectify=True))
+    dds = CameraInfo_(Header_(Time_(12, 345), "camera_optical"), 480, 640, "rational_polynomial",
+                      list(np.linspace(-1, 1, 8)), list(k), list(np.eye(3).ravel()), list(p), 2, 1,
+                      RegionOfInterest_(3, 4, 5, 6, True))
+    raw = bytes(typestore.serialize_cdr(ros, "sensor_msgs/msg/CameraInfo"))
+    assert dds.serialize() == raw
+    back = CameraInfo_.deserialize(raw)
+    assert (back.k, back.p, back.roi.do_rectify) == (list(k), list(p), True)
 
 
 def test_diagnostics_bytes_equal_rosbags_cdr(typestore, msgs):
@@ -136,6 +154,7 @@ class Camera:
 
         self.front = writer("front/image_raw", Image_)
         self.rear = writer("rear/image_raw/compressed", CompressedImage_)
+        self.front_info = writer("front/camera_info", CameraInfo_)
         self.front_labels = reader("front/mfuser/labels", Image_)
         self.rear_labels = reader("rear/mfuser/labels", Image_)
         self.front_color = reader("front/mfuser/color", Image_)
@@ -306,6 +325,34 @@ def test_malformed_messages_are_counted_and_the_node_keeps_running(node_process)
     assert int(rear["errors"]) >= 1
 
 
+@pytest.mark.slow
+def test_camera_info_and_compressed_labels_come_back_with_the_labels_header(node_process):
+    _, camera = node_process
+    stamp = Time_(4321, 8)
+    info_out = camera.reader("front/mfuser/camera_info", CameraInfo_)
+    png_out = camera.reader("front/mfuser/labels/compressed", CompressedImage_)
+    k = [90.0, 0.0, 64.5, 0.0, 91.0, 48.0, 0.0, 0.0, 1.0]
+    info = CameraInfo_(Header_(stamp, "front_optical"), 96, 128, "plumb_bob", [0.0] * 5, k,
+                       [1.0, 0, 0, 0, 1, 0, 0, 0, 1], [*k[:3], 0.0, *k[3:6], 0.0, *k[6:], 0.0])
+
+    def send():  # the camera driver's pair: CameraInfo and image with one stamp
+        camera.front_info.write(info)
+        return rgb_image(stamp)
+
+    labels = send_until_reply(camera.front, send, camera.front_labels, lambda r: r.header.stamp == stamp)
+    raw = next(r for r in labels if r.header.stamp == stamp)
+    infos = camera.collect(info_out, lambda got: any(i.header.stamp == stamp for i in got), 10.0)
+    paired = next(i for i in infos if i.header.stamp == stamp)
+    assert (paired.header.frame_id, paired.height, paired.width, paired.k) == ("front_optical", 96, 128, k)
+    pngs = camera.collect(png_out, lambda got: any(c.header.stamp == stamp for c in got), 10.0)
+    png = next(c for c in pngs if c.header.stamp == stamp)
+    assert png.format == "mono8; png compressed "
+    decoded = cv2.imdecode(np.frombuffer(png.data, np.uint8), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(decoded, np.frombuffer(raw.data, np.uint8).reshape(96, 128))
+    values = camera.camera_values("front")
+    assert int(values["camera_info_paired"]) >= 1
+
+
 def test_optional_outputs_are_wanted_only_while_a_reader_is_matched(monkeypatch):
     from cyclonedds.domain import DomainParticipant
     from cyclonedds.sub import DataReader
@@ -321,6 +368,8 @@ def test_optional_outputs_are_wanted_only_while_a_reader_is_matched(monkeypatch)
     assert sink.wanted(0) == Wanted()
     reader = DataReader(dp, Topic(dp, "rt/front/mfuser/overlay", Image_), qos=dds_qos("reliable", 1))
     assert wait_until(lambda: sink.wanted(0) == Wanted(overlay=True), 10.0), f"{reader} never matched"
+    png = DataReader(dp, Topic(dp, "rt/front/mfuser/labels/compressed", CompressedImage_), qos=dds_qos("reliable", 1))
+    assert wait_until(lambda: sink.wanted(0) == Wanted(overlay=True, labels_compressed=True), 10.0), f"{png}"
 
 
 # ---- field robustness (issue 12) ------------------------------------------------------------------------------

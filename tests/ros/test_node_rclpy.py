@@ -80,6 +80,62 @@ def test_image_in_labels_out_with_the_input_header(context):
         node.destroy_node()
 
 
+def test_scaled_camera_info_compressed_labels_and_palette_parameter(context):
+    import cv2
+    from sensor_msgs.msg import CameraInfo, CompressedImage
+
+    from mfuser_model.classes import CITYSCAPES_PALETTE, palette_to_hex
+
+    node = make_node(context, output_width=32, output_height=24, png_level=9)
+    peer = rclpy.create_node("camera_driver", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    executor.add_node(peer)
+    got = {"labels": [], "png": [], "info": []}
+    qos = ros_qos("reliable", 10)
+    peer.create_subscription(Image, "cam/mfuser/labels", got["labels"].append, qos)
+    peer.create_subscription(CompressedImage, "cam/mfuser/labels/compressed", got["png"].append, qos)
+    peer.create_subscription(CameraInfo, "cam/mfuser/camera_info", got["info"].append, qos)
+    image_pub = peer.create_publisher(Image, "cam/image_raw", ros_qos("sensor_data", 1))
+    info_pub = peer.create_publisher(CameraInfo, "cam/camera_info", ros_qos("sensor_data", 1))
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        # The legend a viewer reads: LabelInfo's names, and this parameter's colours (the model's palette).
+        assert list(node.get_parameter("color_palette").value) == list(palette_to_hex(CITYSCAPES_PALETTE))
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        image = Image(height=48, width=64, encoding="rgb8", step=192)
+        image.header.frame_id, image.header.stamp.sec = "cam_optical", 42
+        image.data = np.random.default_rng(0).integers(0, 256, 48 * 64 * 3, dtype=np.uint8).tobytes()
+        info = CameraInfo(height=48, width=64, distortion_model="plumb_bob", d=[0.0] * 5)
+        info.header = image.header
+        info.k = [60.0, 0.0, 32.0, 0.0, 61.0, 24.0, 0.0, 0.0, 1.0]
+        info.p = [60.0, 0.0, 32.0, -6.0, 0.0, 61.0, 24.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+        deadline = time.monotonic() + 60.0
+        while not all(got.values()) and time.monotonic() < deadline:
+            info_pub.publish(info)
+            image_pub.publish(image)
+            for _ in range(5):
+                executor.spin_once(timeout_sec=0.05)
+        assert all(got.values()), f"missing outputs within 60 s: {[k for k, v in got.items() if not v]}"
+        labels, png, scaled = got["labels"][0], got["png"][0], got["info"][0]
+        assert (labels.height, labels.width) == (24, 32)
+        for msg in (png, scaled):
+            assert (msg.header.frame_id, msg.header.stamp.sec) == ("cam_optical", 42)
+        assert (scaled.height, scaled.width) == (24, 32)
+        np.testing.assert_allclose(scaled.k, [30.0, 0.0, 16.0, 0.0, 30.5, 12.0, 0.0, 0.0, 1.0])
+        np.testing.assert_allclose(scaled.p, [30.0, 0.0, 16.0, -3.0, 0.0, 30.5, 12.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+        assert png.format == "mono8; png compressed "
+        decoded = cv2.imdecode(np.frombuffer(bytes(png.data), np.uint8), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(decoded, np.frombuffer(bytes(labels.data), np.uint8).reshape(24, 32))
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+    finally:
+        executor.shutdown()
+        peer.destroy_node()
+        node.destroy_node()
+
+
 @pytest.mark.slow
 def test_a_worker_that_dies_is_fatal_and_visible(context):
     """The rclpy node with an injected model bug: an ERROR status on /diagnostics, then exit status 1."""
