@@ -28,6 +28,7 @@ CORE = [
     "tqdm==4.70.1",
     "ftfy==6.3.1",
     "regex==2026.11.19",
+    "simplejpeg==1.9.0",  # strict JPEG decoding: libjpeg warnings (corrupt data) make a frame malformed
     "pillow==13.0.0",  # label PNGs in palette mode (Mapillary, BDD colormaps) need PIL, not cv2
 ]
 # colcon builds the ament_python package with the interpreter it runs on (sys.executable), so it lives in the

@@ -20,11 +20,13 @@ from pathlib import Path
 from mfuser_model.config_io import parse_override
 from mfuser_model.errors import MFuserError
 from mfuser_ros.node.config import NodeConfig, load_node_config, node_config_from_params
-from mfuser_ros.node.shutdown import ShutdownSignals
+from mfuser_ros.node.shutdown import ShutdownSignals, leave_process
 
 __all__ = ["build_parser", "main", "ros_node_main"]
 
 READY_LINE = "mfuser-node: ready"
+# Exit status when the worker thread died of an unexpected error (2 is a configuration error).
+EXIT_WORKER_FAILED = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,22 +73,37 @@ def _run_dds(args: argparse.Namespace, config: NodeConfig) -> int:
         print(f"[WARN] {message}", file=sys.stderr, flush=True)
 
     node = DdsSegmentationNode(config, loaded.pipeline, domain_id=args.domain_id, namespace=args.namespace,
-                               node_name=args.node_name, class_names=loaded.class_names, warn=warn)
-    node.start()
-    signals.running()
-    print(READY_LINE, flush=True)
-    deadline = time.monotonic() + args.duration if args.duration > 0 else None
-    while not signals.wait(0.2):
-        if deadline is not None and time.monotonic() >= deadline:
-            break
-    if signals.requested:
-        print(f"mfuser-node: {signals.reason}: shutting down", flush=True)
-    node.stop()
-    for camera, stats in zip(node.cameras, node.worker.stats, strict=True):
-        snap = stats.snapshot()
-        print(f"mfuser-node: camera '{camera}': in {snap.frames_in}, out {snap.frames_out}, "
-              f"dropped {snap.dropped}, errors {snap.errors}", flush=True)
-    return 0
+                               node_name=args.node_name, class_names=loaded.class_names, warn=warn,
+                               on_fatal=lambda reason: signals.request(f"worker stopped: {reason}"))
+    try:
+        node.start()
+        signals.running()
+        print(READY_LINE, flush=True)
+        deadline = time.monotonic() + args.duration if args.duration > 0 else None
+        while not signals.wait(0.2):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        if signals.requested:
+            print(f"mfuser-node: {signals.reason}: shutting down", flush=True)
+        stopped = node.stop()
+        if stopped:
+            node.close()
+        for camera, stats in zip(node.cameras, node.worker.stats, strict=True):
+            snap = stats.snapshot()
+            print(f"mfuser-node: camera '{camera}': in {snap.frames_in}, out {snap.frames_out}, "
+                  f"dropped {snap.dropped}, errors {snap.errors}", flush=True)
+        code = 0
+        if signals.reason.startswith("worker stopped"):
+            print(f"mfuser-node: error: {signals.reason}; exiting with code {EXIT_WORKER_FAILED} so a "
+                  "supervisor restarts the node", file=sys.stderr, flush=True)
+            code = EXIT_WORKER_FAILED
+        if not stopped:
+            print(f"mfuser-node: the frame in the model did not finish within shutdown_timeout_s "
+                  f"({config.shutdown_timeout_s} s); leaving without it", file=sys.stderr)
+            leave_process(code)
+        return code
+    finally:
+        signals.restore()
 
 
 def ros_node_main() -> None:
@@ -98,20 +115,7 @@ def ros_node_main() -> None:
     signals = ShutdownSignals().install()
     from mfuser_ros.node import lifecycle_node  # noqa: PLC0415 - rclpy only for this entry point
 
-    lifecycle_node.main(None, signals)
-    _exit_now(0)
-
-
-def _exit_now(code: int) -> None:
-    """Exit without the interpreter's finalization, once the node has shut down and logged everything.
-
-    Tearing down torch's and timm's modules at exit took 7-9 s on a busy 2-core machine, longer than the 5 s
-    ``ros2 launch`` waits after SIGINT before it escalates to SIGTERM and reports the node as died. Everything that
-    needs cleaning up (node, publishers, model, DDS participant) has been destroyed explicitly by then.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    leave_process(lifecycle_node.main(None, signals))  # after the shutdown: skip the interpreter's teardown
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             ros_args += ["--params-file", str(args.config)]
         for item in args.param:
             ros_args += ["-p", item.replace("=", ":=", 1)]
-        node.main(ros_args, signals)
-        _exit_now(0)
+        code = node.main(ros_args, signals)
+        leave_process(code)  # after the shutdown: skip the interpreter's teardown (see leave_process)
     try:
         config = _config(args)
         return _run_dds(args, config)

@@ -85,6 +85,8 @@ class NodeConfig:
         latency_warn_ms / latency_error_ms: p95 latency (now - header.stamp) giving WARN / ERROR.
         min_output_fps_warn: WARN when a camera with input publishes slower than this (0 disables).
         log_throttle_s: at most one log line per camera and error kind in this period.
+        shutdown_timeout_s: on shutdown or deactivate, how long to wait for the frame in the model; after that the
+            process leaves without it (a second SIGINT/SIGTERM leaves at once).
     """
 
     image_topics: tuple[str, ...] = ("camera/image_raw",)
@@ -123,6 +125,7 @@ class NodeConfig:
     latency_error_ms: float = 2000.0
     min_output_fps_warn: float = 0.0
     log_throttle_s: float = 5.0
+    shutdown_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         """Check values that types alone cannot; each error names the parameter."""
@@ -161,7 +164,8 @@ class NodeConfig:
                "colours: at most 255 classes fit a mono8 label image")
         _check(0 <= self.png_level <= 9, "png_level", self.png_level, "must be in [0, 9]")
         _check(1 <= self.jpeg_quality <= 100, "jpeg_quality", self.jpeg_quality, "must be in [1, 100]")
-        for name in ("diagnostics_period_s", "stats_window_s", "latency_warn_ms", "log_throttle_s"):
+        for name in ("diagnostics_period_s", "stats_window_s", "latency_warn_ms", "log_throttle_s",
+                     "shutdown_timeout_s"):
             _check(getattr(self, name) > 0, name, getattr(self, name), "must be > 0")
         _check(self.latency_error_ms >= self.latency_warn_ms, "latency_error_ms", self.latency_error_ms,
                f"must be >= latency_warn_ms ({self.latency_warn_ms})")

@@ -8,7 +8,9 @@ and this package's DDS types all go through the same code. ``data`` may be bytes
 Decoding returns RGB, as the model wants, and gives exactly the pixels of rosbags-image's
 ``message_to_cvimage(msg, "rgb8")`` (same OpenCV colour conversions). Unlike rosbags-image it honours ``step``
 (padded rows) and checks every declared size before touching the payload, so malformed messages raise
-:class:`FrameError` instead of producing garbage.
+:class:`FrameError` instead of producing garbage. JPEGs are decoded by libjpeg-turbo through simplejpeg in strict
+mode: a stream libjpeg would only *warn* about (corrupt entropy data, a header claiming rows the data does not hold)
+is a malformed frame, not a picture with grey blocks. The EXIF orientation is applied as OpenCV applies it.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from typing import Any
 
 import cv2
 import numpy as np
+import simplejpeg
 
-from mfuser_ros.errors import FrameError
+from mfuser_ros.errors import FrameError, clip
 
 __all__ = [
     "JPEG_BGR8_FORMAT",
@@ -159,7 +162,7 @@ def image_to_rgb(msg: Any, limits: ImageLimits = ImageLimits()) -> np.ndarray:
     """
     encoding = str(msg.encoding)
     if encoding not in _ENCODINGS:
-        msg_ = f"unsupported encoding {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}"
+        msg_ = f"unsupported encoding '{clip(encoding)}'; supported: {', '.join(SUPPORTED_ENCODINGS)}"
         raise FrameError(msg_)
     channels, conversion = _ENCODINGS[encoding]
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
@@ -197,7 +200,7 @@ def compressed_size(data: np.ndarray) -> tuple[str, int, int]:
         width, height = struct.unpack(">II", raw[16:24])
         return "png", width, height
     if raw.startswith(b"\xff\xd8"):
-        return ("jpeg", *_jpeg_size(data))
+        return ("jpeg", *_jpeg_header(data)[:2])
     msg = f"compressed image: payload starts with {raw[:4].hex()}, neither PNG nor JPEG"
     raise FrameError(msg)
 
@@ -206,9 +209,11 @@ def compressed_size(data: np.ndarray) -> tuple[str, int, int]:
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
-def _jpeg_size(data: np.ndarray) -> tuple[int, int]:
+def _jpeg_header(data: np.ndarray) -> tuple[int, int, int]:
+    """(width, height, EXIF orientation 1..8) from the markers before the first frame header."""
     buf = memoryview(data)
     pos, end = 2, len(buf)
+    orientation = 1
     while pos + 4 <= end:
         if buf[pos] != 0xFF:
             msg = f"compressed image: corrupt JPEG (no marker at byte {pos})"
@@ -226,13 +231,67 @@ def _jpeg_size(data: np.ndarray) -> tuple[int, int]:
                 break
             height = (buf[pos + 5] << 8) | buf[pos + 6]
             width = (buf[pos + 7] << 8) | buf[pos + 8]
-            return width, height
+            return width, height, orientation
         if length < 2:
             msg = f"compressed image: corrupt JPEG (segment length {length} at byte {pos})"
             raise FrameError(msg)
+        if marker == 0xE1 and orientation == 1:
+            orientation = _exif_orientation(bytes(buf[pos + 4:min(pos + 2 + length, end)]))
         pos += 2 + length
     msg = "compressed image: corrupt or truncated JPEG (no frame header)"
     raise FrameError(msg)
+
+
+def _exif_orientation(app1: bytes) -> int:
+    """The Orientation tag (0x0112) of an APP1 Exif payload's first IFD; 1 when absent or unreadable (as OpenCV)."""
+    if not app1.startswith(b"Exif\0\0") or len(app1) < 14:
+        return 1
+    tiff = app1[6:]
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None:
+        return 1
+    (ifd,) = struct.unpack(order + "I", tiff[4:8])
+    if ifd + 2 > len(tiff):
+        return 1
+    (count,) = struct.unpack(order + "H", tiff[ifd:ifd + 2])
+    for entry in range(ifd + 2, min(ifd + 2 + 12 * count, len(tiff) - 11), 12):
+        tag, kind, _, value = struct.unpack(order + "HHIH", tiff[entry:entry + 10])
+        if tag == 0x0112 and kind == 3:  # SHORT
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def _apply_orientation(rgb: np.ndarray, orientation: int) -> np.ndarray:
+    """EXIF orientation 2..8 the way OpenCV's imdecode applies it (transpose, then a flip)."""
+    if orientation >= 5:
+        rgb = cv2.transpose(rgb)
+    flip = {2: 1, 3: -1, 4: 0, 6: 1, 7: -1, 8: 0}.get(orientation)
+    return rgb if flip is None else cv2.flip(rgb, flip)
+
+
+def _decode_jpeg(data: np.ndarray, orientation: int) -> np.ndarray:
+    try:
+        # strict: libjpeg's recoverable errors (its warnings) raise too; the pixels equal OpenCV's decode (same
+        # libjpeg-turbo defaults: accurate integer DCT, fancy upsampling).
+        rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+    except ValueError as err:
+        msg = f"compressed image: corrupt JPEG ({clip(str(err))})"
+        raise FrameError(msg) from None
+    return _apply_orientation(rgb, orientation) if orientation != 1 else rgb
+
+
+def _decode_png(data: np.ndarray) -> np.ndarray:
+    try:
+        # IMREAD_COLOR_RGB decodes straight to RGB: the same pixels as decode-to-BGR then BGR2RGB (rosbags-image),
+        # without the extra pass; grey images are expanded to three equal channels.
+        rgb = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB)
+    except cv2.error as err:
+        msg = f"compressed image (png): decoder failed: {clip(str(err))}"
+        raise FrameError(msg) from None
+    if rgb is None:
+        msg = "compressed image (png): corrupt data, the decoder returned nothing"
+        raise FrameError(msg)
+    return rgb
 
 
 def compressed_to_rgb(msg: Any, limits: ImageLimits = ImageLimits()) -> np.ndarray:
@@ -250,17 +309,8 @@ def compressed_to_rgb(msg: Any, limits: ImageLimits = ImageLimits()) -> np.ndarr
         raise FrameError(msg_)
     kind, width, height = compressed_size(data)
     _check_size(width, height, limits, f"compressed image ({kind})")
-    try:
-        # IMREAD_COLOR_RGB decodes straight to RGB: the same pixels as decode-to-BGR then BGR2RGB (rosbags-image),
-        # without the extra pass; grey images are expanded to three equal channels.
-        rgb = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB)
-    except cv2.error as err:
-        msg_ = f"compressed image ({kind}): decoder failed: {err}"
-        raise FrameError(msg_) from None
-    if rgb is None:
-        msg_ = f"compressed image ({kind}): corrupt data, the decoder returned nothing"
-        raise FrameError(msg_)
-    # OpenCV applies an EXIF orientation (as rosbags-image's decode does), which may swap the two sides.
+    rgb = _decode_jpeg(data, _jpeg_header(data)[2]) if kind == "jpeg" else _decode_png(data)
+    # An EXIF orientation (applied as OpenCV and rosbags-image apply it) may swap the two sides.
     if rgb.shape[:2] not in ((height, width), (width, height)):
         msg_ = f"compressed image ({kind}): header says {width}x{height}, decoded {rgb.shape[1]}x{rgb.shape[0]}"
         raise FrameError(msg_)
@@ -268,10 +318,21 @@ def compressed_to_rgb(msg: Any, limits: ImageLimits = ImageLimits()) -> np.ndarr
 
 
 def message_to_rgb(msg: Any, limits: ImageLimits = ImageLimits()) -> np.ndarray:
-    """Decode an Image or CompressedImage (told apart by the ``format`` field, as rosbags-image does)."""
-    if hasattr(msg, "format"):
-        return compressed_to_rgb(msg, limits)
-    return image_to_rgb(msg, limits)
+    """Decode an Image or CompressedImage (told apart by the ``format`` field, as rosbags-image does).
+
+    Raises:
+        FrameError: for anything that does not decode, including objects that are not image messages at all (a
+            transport's invalid sample, a field of the wrong type): every failure is this one frame's.
+    """
+    try:
+        if hasattr(msg, "format"):
+            return compressed_to_rgb(msg, limits)
+        return image_to_rgb(msg, limits)
+    except FrameError:
+        raise
+    except Exception as err:  # untrusted input: whatever breaks, it is this message's fault
+        msg_ = f"not a decodable image message ({type(msg).__name__}): {type(err).__name__}: {clip(str(err))}"
+        raise FrameError(msg_) from err
 
 
 def palette_lut_bgr(palette: tuple[tuple[int, int, int], ...]) -> np.ndarray:

@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 try:
-    from cyclonedds.core import Listener, Policy, Qos
+    from cyclonedds.core import DDSException, Listener, Policy, Qos
     from cyclonedds.domain import DomainParticipant
     from cyclonedds.idl import IdlStruct, types
     from cyclonedds.idl._machinery import PlainCdrV2SequenceOfPrimitiveMachine
+    from cyclonedds.internal import InvalidSample
     from cyclonedds.pub import DataWriter
     from cyclonedds.sub import DataReader
     from cyclonedds.topic import Topic
@@ -43,7 +44,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the [ros
 import numpy as np
 
 from mfuser_model.classes import CITYSCAPES_CLASSES
-from mfuser_ros.errors import TransportError
+from mfuser_ros.errors import TransportError, clip
 from mfuser_ros.node.camera_info import CameraInfoData
 from mfuser_ros.node.config import NodeConfig, is_compressed_topic, output_topic
 from mfuser_ros.node.conversions import CompressedOutput, OutputImage
@@ -73,6 +74,7 @@ __all__ = [
     "endpoint_qos",
     "loopback_uri",
     "ros_participant",
+    "take_samples",
 ]
 
 
@@ -382,8 +384,39 @@ def to_dds_diagnostics(statuses: list[DiagnosticStatusData], now_ns: int) -> Dia
 
 # ---- the node ------------------------------------------------------------------------------------------------
 
+def take_samples(reader: DataReader, camera: int, worker: FrameWorker, warn: Callable[[str], None] = print) -> int:
+    """Move everything queued on ``reader`` into ``worker`` (camera ``camera``); returns the samples submitted.
+
+    Each newer sample replaces the older one in the camera's latest slot (a counted drop). One sample per take:
+    cyclonedds deserializes all samples of a take before returning, so one that cannot be deserialized (a string
+    that is not UTF-8, a cut buffer) raises out of ``take`` and would lose its neighbours. Taken alone, only it is
+    lost, and it is counted as a malformed input. Invalid samples (no data: a publisher went away, or disposed or
+    unregistered its instance) are state changes, not frames, and are skipped.
+    """
+    submitted = 0
+    for _ in range(_MAX_TAKES):
+        try:
+            samples = reader.take(N=1)
+        except DDSException as err:
+            warn(f"camera '{worker.cameras[camera]}': reader failed: {clip(str(err), 200)}")
+            break
+        except Exception as err:  # the sample's own bytes: whatever they break, only this sample is lost
+            worker.reject(camera, "malformed",
+                          f"cannot deserialize the sample: {type(err).__name__}: {clip(str(err), 200)}")
+            continue
+        if not samples:
+            break
+        if not isinstance(samples[0], InvalidSample):
+            worker.submit(camera, samples[0])
+            submitted += 1
+    return submitted
+
+
 _KINDS = ("labels", "color", "overlay", "confidence")
 _COMPRESSED_KINDS = ("labels", "color", "overlay")  # <kind>/compressed (image_transport naming)
+# Most samples one data-available callback takes (a keep-last reader holds a few; the bound keeps a flood from
+# pinning Cyclone's listener thread).
+_MAX_TAKES = 256
 
 
 class _DdsSink:
@@ -430,13 +463,18 @@ class DdsSegmentationNode:
         namespace / node_name: resolve relative topic names as a ROS 2 node with this name would.
         class_names: published in vision_msgs/LabelInfo.
         clock_ns: clock for latency and diagnostics stamps.
+        on_fatal: called with the reason after the worker thread died and an ERROR status went out; the caller
+            ends the process non-zero (``mfuser-node`` does), so a supervisor restarts it.
     """
 
     def __init__(self, config: NodeConfig, pipeline: SegmentationPipeline, *, domain_id: int = 0,
                  namespace: str = "/", node_name: str = "mfuser_node",
                  class_names: tuple[str, ...] = CITYSCAPES_CLASSES,
-                 clock_ns: Callable[[], int] = time.time_ns, warn: Callable[[str], None] = print) -> None:
+                 clock_ns: Callable[[], int] = time.time_ns, warn: Callable[[str], None] = print,
+                 on_fatal: Callable[[str], None] | None = None) -> None:
         self.config = config
+        self._on_fatal = on_fatal
+        self._warn = warn
         self.node_name = node_name
         self.clock_ns = clock_ns
         self.participant = ros_participant(domain_id)
@@ -444,7 +482,8 @@ class DdsSegmentationNode:
         self.sink = _DdsSink(self.participant, config, namespace, node_name)
         self.worker = FrameWorker(pipeline, self.cameras, self.sink, clock_ns=clock_ns, warn=warn,
                                   log_throttle_s=config.log_throttle_s, stats_window_s=config.stats_window_s,
-                                  camera_info_timeout_s=config.camera_info_timeout_s)
+                                  camera_info_timeout_s=config.camera_info_timeout_s,
+                                  on_failure=self._worker_failed)
         self._limits = DiagnosticThresholds(config.latency_warn_ms, config.latency_error_ms,
                                             config.min_output_fps_warn)
         in_qos = dds_qos(config.input_qos, config.input_qos_depth)
@@ -475,9 +514,7 @@ class DdsSegmentationNode:
 
     def _on_data(self, camera: int) -> "Callable[[DataReader], None]":
         def callback(reader: DataReader) -> None:
-            # Take everything queued; each newer sample replaces the older one in the latest slot (a counted drop).
-            for sample in reader.take(N=16):
-                self.worker.submit(camera, sample)
+            take_samples(reader, camera, self.worker, self._warn)
         return callback
 
     def _on_camera_info(self, camera: int) -> "Callable[[DataReader], None]":
@@ -506,10 +543,35 @@ class DdsSegmentationNode:
         while not self._stop.wait(self.config.diagnostics_period_s):
             self.publish_diagnostics()
 
-    def stop(self) -> None:
-        """Stop threads (the participant is released when the object is garbage-collected)."""
+    def _worker_failed(self, reason: str) -> None:
+        """The worker thread died (called on it): publish the ERROR status now, then tell the owner."""
+        try:
+            self.publish_diagnostics()
+        except Exception as err:  # the transport may be what broke; the owner must still hear of the failure
+            self._warn(f"cannot publish the ERROR status: {clip(str(err), 200)}")
+        if self._on_fatal is not None:
+            self._on_fatal(reason)
+
+    def close(self) -> None:
+        """Delete the participant and every reader and writer in it, now (after :meth:`stop`).
+
+        Until then Cyclone's listener threads may call into Python; one doing so while the interpreter shuts down
+        crashes the process (SIGSEGV), so the node closes before it returns. ``dds_delete`` waits for callbacks
+        still running. cyclonedds deletes an entity in ``__del__`` (its registry only holds weak references).
+        """
+        participant, self.participant = self.participant, None
+        if participant is not None:
+            participant.__del__()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop threads (the participant is released when the object is garbage-collected).
+
+        Waits up to ``timeout`` s (default: the ``shutdown_timeout_s`` parameter) for the frame in the model;
+        returns False when it is still running then (see :meth:`FrameWorker.stop`).
+        """
         self._stop.set()
-        self.worker.stop()
+        stopped = self.worker.stop(self.config.shutdown_timeout_s if timeout is None else timeout)
         if self._diag_thread is not None:
             self._diag_thread.join(5.0)
             self._diag_thread = None
+        return stopped

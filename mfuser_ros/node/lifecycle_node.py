@@ -185,6 +185,11 @@ class MFuserNode(LifecycleNode):
         self._diag_pub = None
         self._diag_timer = None
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        # A dying worker thread only triggers this guard; the executor thread then publishes the ERROR status and
+        # shuts the context down, so main() returns exit_code 1 and a supervisor (launch respawn) restarts us.
+        self.exit_code = 0
+        self._worker_failure = ""
+        self._worker_failed_guard = self.create_guard_condition(self._on_worker_failed)
 
     # ---- helpers -------------------------------------------------------------------------------------------
     def _read_config(self) -> NodeConfig:
@@ -214,6 +219,29 @@ class MFuserNode(LifecycleNode):
         if self.model.random_weights:
             self.get_logger().warning("no 'checkpoint' given: the model has random weights (tests and demos only)")
         return True
+
+    def _worker_failed(self, reason: str) -> None:
+        self._worker_failure = reason
+        self._worker_failed_guard.trigger()
+
+    def _on_worker_failed(self) -> None:
+        self._publish_diagnostics()
+        self.get_logger().fatal(f"worker stopped: {self._worker_failure}; shutting down with exit code 1 so a "
+                                "supervisor restarts the node")
+        self.exit_code = 1
+        rclpy.try_shutdown(context=self.context)
+
+    def stop_worker(self) -> bool:
+        """Stop the worker, waiting up to ``shutdown_timeout_s`` for the frame in the model; False if it still runs."""
+        if self.worker is None:
+            return True
+        timeout = self.config.shutdown_timeout_s if self.config is not None else 5.0
+        if self.worker.busy:
+            self.get_logger().info(f"waiting for the frame in the model (at most {timeout} s)")
+        stopped = self.worker.stop(timeout)
+        if not stopped:
+            self.get_logger().warning(f"the frame in the model did not finish within {timeout} s")
+        return stopped
 
     def _release(self) -> None:
         release_model(self.model)
@@ -306,7 +334,8 @@ class MFuserNode(LifecycleNode):
         self.worker = FrameWorker(
             self.model.pipeline if self.model else None, config.camera_namespaces(), self._sink,
             clock_ns=self._now_ns, warn=self.get_logger().warning, log_throttle_s=config.log_throttle_s,
-            stats_window_s=config.stats_window_s, camera_info_timeout_s=config.camera_info_timeout_s)
+            stats_window_s=config.stats_window_s, camera_info_timeout_s=config.camera_info_timeout_s,
+            on_failure=self._worker_failed)
         self._diag_timer = self.create_timer(config.diagnostics_period_s, self._publish_diagnostics)
         return super().on_configure(state)
 
@@ -336,8 +365,7 @@ class MFuserNode(LifecycleNode):
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Unsubscribe, stop the worker and release the model."""
         self._destroy_camera_subscriptions()
-        if self.worker is not None:
-            self.worker.stop()
+        self.stop_worker()
         self._release()
         return super().on_deactivate(state)
 
@@ -355,9 +383,7 @@ class MFuserNode(LifecycleNode):
 
     def _teardown(self) -> None:
         if self.worker is not None:
-            if self.worker.busy:
-                self.get_logger().info("waiting for the frame in the model")
-            self.worker.stop()
+            self.stop_worker()
             self.worker = None
         self._release()
         self.config = None  # unconfigured again: every parameter may change until the next configure
@@ -380,27 +406,35 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple, array.array)) else value
 
 
-def _finish(node: MFuserNode, reason: str) -> None:
-    """Orderly end: the shutdown transition (frame in flight finishes, model released), then destroy the node."""
+def _finish(node: MFuserNode, reason: str) -> bool:
+    """Orderly end: wait (``shutdown_timeout_s``) for the frame in the model, run the shutdown transition (model
+    released, publishers destroyed), destroy the node. False when the frame did not finish: the caller must then
+    leave without the interpreter's teardown (see ``leave_process``)."""
     node.get_logger().info(f"{reason}: shutting down")
     t0 = time.monotonic()
-    if not node.finalized:
+    stopped = node.stop_worker()
+    if stopped and not node.finalized and node.context.ok():
         with contextlib.suppress(_rclpy.RCLError):  # in the middle of another transition: nothing more to do
             node.trigger_shutdown()
     node.destroy_node()
     node.get_logger().info(f"shut down in {time.monotonic() - t0:.2f} s")
+    return stopped
 
 
-def main(args: list[str] | None = None, signals: ShutdownSignals | None = None) -> None:
-    """Run the node until SIGINT/SIGTERM or its shutdown transition; configure and activate it when ``autostart``.
+def main(args: list[str] | None = None, signals: ShutdownSignals | None = None) -> int:
+    """Run the node until SIGINT/SIGTERM, its shutdown transition or a worker failure; configure and activate it
+    when ``autostart``. Returns the exit status: 0 after a shutdown, 1 when the worker thread died
+    (``MFuserNode.exit_code``).
 
     rclpy's default signal handlers raise KeyboardInterrupt wherever the main thread happens to be (inside
     ``destroy_node`` under ``ros2 launch``, which forwards the terminal's Ctrl-C as a second SIGINT), so rclpy's
     are off and :class:`ShutdownSignals` (installed by the console script before the heavy imports) decides.
+    The caller leaves the process with ``leave_process`` (``mfuser_ros.node.cli``).
     """
     signals = signals or ShutdownSignals().install()
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = None
+    code = 0
     executor = SingleThreadedExecutor()
     try:
         node = MFuserNode()
@@ -417,10 +451,14 @@ def main(args: list[str] | None = None, signals: ShutdownSignals | None = None) 
         pass
     finally:
         if node is not None:
+            code = node.exit_code
             _finish(node, signals.reason or ("finalized" if node.finalized else "context shut down"))
         executor.shutdown()
         rclpy.try_shutdown()
+    return code
 
 
 if __name__ == "__main__":
-    main()
+    from mfuser_ros.node.cli import ros_node_main
+
+    ros_node_main()

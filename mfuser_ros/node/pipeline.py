@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from mfuser_model.classes import CITYSCAPES_PALETTE
-from mfuser_ros.errors import FrameError
+from mfuser_ros.errors import FrameError, clip
 from mfuser_ros.node.camera_info import CameraInfoData, CameraInfoPairer
 from mfuser_ros.node.config import NodeConfig
 from mfuser_ros.node.conversions import (
@@ -37,6 +37,7 @@ from mfuser_ros.node.conversions import (
     palette_lut_bgr,
     stamp_ns,
 )
+from mfuser_ros.node.shutdown import leave_process
 from mfuser_ros.node.stats import ERROR, CameraStats, DiagnosticStatusData, DiagnosticThresholds, build_statuses
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "SegmenterLike",
     "ThrottledLog",
     "Wanted",
+    "leave_process",
     "stamp_ns",
 ]
 
@@ -159,8 +161,17 @@ class SegmentationPipeline:
                    max_batch=config.max_batch, png_level=config.png_level, jpeg_quality=config.jpeg_quality)
 
     def decode(self, msg: Any) -> np.ndarray:
-        """Image or CompressedImage -> (H, W, 3) uint8 RGB. Raises FrameError on a malformed message."""
-        return message_to_rgb(msg, self.limits)
+        """Image or CompressedImage -> (H, W, 3) uint8 RGB. Raises FrameError on a malformed message.
+
+        The header is checked too: every output carries it and latency reads its stamp.
+        """
+        rgb = message_to_rgb(msg, self.limits)
+        try:
+            stamp_ns(msg.header)
+        except Exception as err:  # any object can arrive here; none may stop the worker
+            reason = f"message without a readable header stamp ({type(err).__name__}: {clip(str(err))})"
+            raise FrameError(reason) from err
+        return rgb
 
     def encode(self, camera: int, header: Any, rgb: np.ndarray, result: Any, wanted: Wanted,
                timing: FrameTiming) -> CameraOutputs:
@@ -242,7 +253,7 @@ class SegmentationPipeline:
     @staticmethod
     def _model_failure(frames: Sequence[tuple[int, Any]], i: int, err: Exception) -> FrameFailure:
         camera, msg = frames[i]
-        return FrameFailure(camera, msg.header, "model", f"model failed: {err}")
+        return FrameFailure(camera, msg.header, "model", f"model failed: {clip(str(err), 200)}")
 
     def process(self, msg: Any, wanted: Wanted = Wanted(), camera: int = 0) -> CameraOutputs:
         """One frame, synchronously. Raises FrameError (malformed) or RuntimeError (model)."""
@@ -344,6 +355,9 @@ class FrameWorker:
         clock_ns: the transport's clock (ROS time, honouring use_sim_time) for latency = now - header.stamp.
         warn: logger for bad frames (throttled per camera and kind).
         log_throttle_s: throttle period. stats_window_s: statistics window.
+        on_failure: called (on the dying worker thread, with the reason) when the thread ends on an unexpected
+            error. Frames cannot cause that (bad frames and model failures are per frame), so it means a bug or a
+            broken transport: the transports publish an ERROR status and exit non-zero, for a supervisor to restart.
         camera_info_timeout_s: how long a frame waits for its CameraInfo (None: no limit; see
             :class:`~mfuser_ros.node.camera_info.CameraInfoPairer`).
     """
@@ -351,7 +365,8 @@ class FrameWorker:
     def __init__(self, pipeline: SegmentationPipeline | None, cameras: Sequence[str], sink: OutputSink, *,
                  clock_ns: Callable[[], int] = time.time_ns, warn: Callable[[str], None] = print,
                  log_throttle_s: float = 5.0, stats_window_s: float = 5.0,
-                 camera_info_timeout_s: float | None = 1.0) -> None:
+                 camera_info_timeout_s: float | None = 1.0,
+                 on_failure: Callable[[str], None] | None = None) -> None:
         self.pipeline = pipeline
         self.cameras = list(cameras)
         self.sink = sink
@@ -360,7 +375,9 @@ class FrameWorker:
         self.camera_infos = CameraInfoPairer(len(self.cameras), camera_info_timeout_s)
         self._unmatched_logged = [0] * len(self.cameras)
         self._slots = LatestFrameSlots(len(self.cameras))
+        self._warn = warn
         self._log = ThrottledLog(warn, log_throttle_s)
+        self._on_failure = on_failure
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.batches = 0
@@ -371,6 +388,12 @@ class FrameWorker:
     def submit(self, camera: int, msg: Any) -> None:
         """Subscription callback body: keep ``msg`` as the camera's newest frame; O(1), never blocks on the model."""
         self.stats[camera].record_input(self._slots.put(camera, msg))
+
+    def reject(self, camera: int, kind: str, reason: str) -> None:
+        """A message the transport could not even turn into a sample (e.g. undecodable CDR): an input and an error."""
+        self.stats[camera].record_input(False)
+        self.stats[camera].record_error(kind)
+        self._log((camera, kind), f"camera '{self.cameras[camera]}': message skipped: {reason}")
 
     def submit_camera_info(self, camera: int, msg: Any) -> None:
         """CameraInfo subscription callback body: pair it with its frame (publishing it if that frame is done)."""
@@ -383,22 +406,36 @@ class FrameWorker:
             self.sink.publish_camera_info(camera, info)
 
     def start(self) -> None:
-        """Start the worker thread."""
+        """Start the worker thread (after a :meth:`stop` that timed out, once the old thread's batch is done)."""
         if self._thread is not None:
-            return
+            if not self._stop.is_set():
+                return
+            self._thread.join()
         self._stop.clear()
         self.failure = ""
         self._slots = LatestFrameSlots(len(self.cameras))
         self._thread = threading.Thread(target=self._loop, name="mfuser-worker", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop after the batch in flight; frames still waiting are discarded."""
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop after the batch in flight (waiting up to ``timeout`` s); frames still waiting are discarded.
+
+        Returns:
+            True when the thread has ended. False when it is still inside the model after ``timeout``: the thread
+            keeps running (``running`` stays true), and the process must not run its normal teardown while it
+            does, because destroying the native thread pools under a running forward aborts the process
+            ("terminate called without an active exception"). Transports then leave with ``os._exit``.
+        """
         self._stop.set()
         self._slots.close()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        thread = self._thread
+        if thread is None:
+            return True
+        thread.join(timeout)
+        if thread.is_alive():
+            return False
+        self._thread = None
+        return True
 
     @property
     def running(self) -> bool:
@@ -417,10 +454,12 @@ class FrameWorker:
                         self.busy = False
         except Exception as err:
             # Bad frames and model failures are handled per frame; anything else (a transport that cannot
-            # publish, a bug) ends the thread. Record it so /diagnostics reports ERROR, then let the thread's
-            # excepthook print the traceback.
-            self.failure = f"{type(err).__name__}: {err}"
-            self._log(("worker",), f"worker stopped: {self.failure}")
+            # publish, a bug) ends the thread. Record it so /diagnostics reports ERROR, tell the transport (which
+            # exits non-zero), then let the thread's excepthook print the traceback.
+            self.failure = f"{type(err).__name__}: {clip(str(err), 200)}"
+            self._warn(f"worker stopped: {self.failure}")
+            if self._on_failure is not None:
+                self._on_failure(self.failure)
             raise
 
     def run_once(self, timeout: float = 0.0) -> int:

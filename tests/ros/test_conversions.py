@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import io
 
 import cv2
 import numpy as np
@@ -158,3 +159,80 @@ def test_overlay_blends_and_keeps_the_camera_image_on_ignored_pixels():
 def test_confidence_is_scaled_to_0_255_and_saturated():
     conf = np.array([[0.0, 0.5, 1.0, 1.2]], dtype=np.float32)
     np.testing.assert_array_equal(confidence_to_mono8(conf), [[0, 128, 255, 255]])
+
+
+# ---- field robustness (issue 12) ------------------------------------------------------------------------------
+
+def _jpeg_bytes(scene, height: int = 48, width: int = 64) -> bytes:
+    return cv2.imencode(".jpg", cv2.cvtColor(scene(height, width, seed=5), cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+def _libjpeg_warns(data: bytes, capfd) -> bool:
+    """OpenCV's own libjpeg as the oracle: does it print a warning (``Corrupt JPEG data``, ``Premature end``)?"""
+    capfd.readouterr()
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return decoded is not None and bool(capfd.readouterr().err.strip())
+
+
+def test_jpegs_that_libjpeg_warns_about_are_malformed(msgs, scene, capfd):
+    good = _jpeg_bytes(scene)
+    rng = np.random.default_rng(12)
+    warned = []
+    for _ in range(60):
+        flipped = bytearray(good)
+        flipped[int(rng.integers(len(good) // 4, len(good) - 2))] ^= 1 << int(rng.integers(8))
+        if _libjpeg_warns(bytes(flipped), capfd):
+            warned.append(bytes(flipped))
+    assert len(warned) >= 10, "the seeded bit flips should give libjpeg warnings"
+    for data in warned:
+        with pytest.raises(FrameError, match="corrupt JPEG"):
+            compressed_to_rgb(msgs.CompressedImage(header=msgs.header(), format="jpeg",
+                                                   data=np.frombuffer(data, np.uint8)))
+    assert compressed_to_rgb(msgs.CompressedImage(header=msgs.header(), format="jpeg",
+                                                  data=np.frombuffer(good, np.uint8))).shape == (48, 64, 3)
+
+
+@pytest.mark.parametrize("case", ["taller header", "cut short"])
+def test_jpeg_whose_header_lies_about_its_data_is_malformed(msgs, scene, capfd, case):
+    data = bytearray(_jpeg_bytes(scene))
+    if case == "taller header":
+        sof = data.index(b"\xff\xc0")
+        data[sof + 5:sof + 7] = (96).to_bytes(2, "big")  # says 96 rows, holds 48
+    else:
+        data = data[: len(data) * 2 // 3] + b"\xff\xd9"
+    assert _libjpeg_warns(bytes(data), capfd)
+    with pytest.raises(FrameError, match="corrupt JPEG"):
+        compressed_to_rgb(msgs.CompressedImage(header=msgs.header(), format="jpeg",
+                                               data=np.frombuffer(bytes(data), np.uint8)))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpeg_exif_orientation_is_applied_as_opencv_does(msgs, orientation):
+    from PIL import Image as PILImage
+
+    rgb = np.zeros((24, 40, 3), np.uint8)
+    rgb[:8, :16] = (255, 0, 0)
+    rgb[16:, 30:] = (0, 0, 255)
+    image = PILImage.fromarray(rgb)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif.tobytes(), quality=95)
+    data = np.frombuffer(buffer.getvalue(), np.uint8)
+    expected = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB)
+    np.testing.assert_array_equal(compressed_to_rgb(msgs.CompressedImage(header=msgs.header(), format="jpeg",
+                                                                         data=data)), expected)
+
+
+def test_a_long_encoding_string_is_cut_in_the_error(msgs):
+    msg = msgs.image(raw_pixels("rgb8"), "rgb8")
+    msg.encoding = "x" * 10_000
+    with pytest.raises(FrameError, match="10000 characters") as err:
+        image_to_rgb(msg)
+    assert len(str(err.value)) < 400
+
+
+@pytest.mark.parametrize("message", [object(), None, "rgb8", {"encoding": "rgb8"}])
+def test_anything_that_is_not_an_image_message_is_a_frame_error(message):
+    with pytest.raises(FrameError):
+        message_to_rgb(message)

@@ -7,6 +7,7 @@ only peer, and every run uses its own domain id.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -140,6 +141,7 @@ class Camera:
 
     def __init__(self, domain_id: int) -> None:
         # Endpoints as a ROS 2 node makes them (type hash in USER_DATA), so rclpy nodes take it as one of theirs.
+        self.domain_id = domain_id
         self.dp = ros_participant(domain_id)
 
         def writer(name, cls):
@@ -214,10 +216,12 @@ def node_process():
         finally:
             proc.terminate()
             try:
-                proc.communicate(timeout=30)
+                _, err = proc.communicate(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.communicate()
+                _, err = proc.communicate()
+            # SIGTERM is a shutdown request: exit 0, and no traceback from the listener thread either.
+            assert (proc.returncode, "Traceback" in err) == (0, False), err[-3000:]
 
 
 def send_until_reply(writer, make_msg, reader, match, attempts: int = 20, period: float = 0.5) -> list:
@@ -364,3 +368,157 @@ def test_optional_outputs_are_wanted_only_while_a_reader_is_matched(monkeypatch)
     assert wait_until(lambda: sink.wanted(0) == Wanted(overlay=True), 10.0), f"{reader} never matched"
     png = DataReader(dp, Topic(dp, "rt/front/mfuser/labels/compressed", CompressedImage_), qos=dds_qos("reliable", 1))
     assert wait_until(lambda: sink.wanted(0) == Wanted(overlay=True, labels_compressed=True), 10.0), f"{png}"
+
+
+# ---- field robustness (issue 12) ------------------------------------------------------------------------------
+
+def raw_writes(sample, old: bytes, new: bytes):
+    """``sample`` whose CDR bytes have ``old`` replaced by ``new``: how a sender with a broken serializer looks."""
+    wire = sample.serialize(use_version_2=False)
+    assert old in wire
+    sample.serialize = lambda use_version_2=False, **_: wire.replace(old, new)
+    return sample
+
+
+def delete_entities(*entities) -> None:
+    """Delete cyclonedds entities now (Python keeps them alive in a registry until then): a publisher leaving."""
+    for entity in entities:
+        entity.__del__()
+
+
+@pytest.mark.slow
+def test_a_publisher_that_leaves_and_comes_back_is_answered_again(node_process):
+    from cyclonedds.domain import DomainParticipant
+    from cyclonedds.pub import DataWriter
+    from cyclonedds.topic import Topic
+
+    proc, camera = node_process
+    before = camera.camera_values("front")
+    for attempt in range(3):
+        dp = DomainParticipant(camera.domain_id)
+        writer = DataWriter(dp, Topic(dp, dds_topic_name("front/image_raw"), Image_), qos=dds_qos("sensor_data", 1))
+        assert wait_until(lambda w=writer: w.get_publication_matched_status().current_count > 0, 20.0)
+        stamp = Time_(7000 + attempt, 0)
+        replies = send_until_reply(writer, lambda s=stamp: rgb_image(s), camera.front_labels,
+                                   lambda r, s=stamp: r.header.stamp == s)
+        assert any(r.header.stamp == stamp for r in replies), f"no answer from the node for publisher {attempt}"
+        # The node's reader gets samples without data: the instance disposed, then its last writer gone.
+        writer.dispose(rgb_image(stamp))
+        delete_entities(writer, dp)
+        time.sleep(0.3)
+    assert proc.poll() is None
+    after = camera.camera_values("front")
+    assert after["errors"] == before["errors"], "samples without data are state changes, not bad frames"
+
+
+@pytest.mark.slow
+def test_a_sample_that_cannot_be_deserialized_is_counted_and_the_node_goes_on(node_process):
+    proc, camera = node_process
+    before = camera.camera_values("front")
+    camera.front.write(raw_writes(rgb_image(Time_(9100, 0)), b"rgb8\x00", b"rg\xff8\x00"))  # not UTF-8
+    time.sleep(0.3)
+    stamp = Time_(9101, 0)
+    replies = send_until_reply(camera.front, lambda: rgb_image(stamp), camera.front_labels,
+                               lambda r: r.header.stamp == stamp)
+    assert any(r.header.stamp == stamp for r in replies)
+    assert proc.poll() is None
+    after = camera.camera_values("front")
+    assert int(after["errors"]) - int(before["errors"]) == 1
+
+
+def test_one_undecodable_sample_in_a_take_loses_only_itself(monkeypatch):
+    from cyclonedds.domain import DomainParticipant
+    from cyclonedds.pub import DataWriter
+    from cyclonedds.sub import DataReader
+    from cyclonedds.topic import Topic
+
+    from mfuser_ros.node.dds import take_samples
+    from mfuser_ros.node.pipeline import FrameWorker
+
+    monkeypatch.setenv("CYCLONEDDS_URI", loopback_uri())
+    dp = DomainParticipant(1 + (os.getpid() + 101) % 200)
+    topic = Topic(dp, "rt/front/image_raw", Image_)
+    plain_reader, our_reader = (DataReader(dp, topic, qos=dds_qos("reliable", 10)) for _ in range(2))
+    writer = DataWriter(dp, topic, qos=dds_qos("reliable", 10))
+    for sample in (rgb_image(Time_(1, 0)), raw_writes(rgb_image(Time_(2, 0)), b"rgb8\x00", b"\xc3(gb\x00"),
+                   rgb_image(Time_(3, 0))):
+        writer.write(sample)
+    # cyclonedds itself: one bad string and the whole take raises, its good samples gone with it.
+    with pytest.raises(UnicodeDecodeError):
+        plain_reader.take(N=16)
+    logged = []
+    worker = FrameWorker(None, ["front"], sink=None, warn=logged.append)
+    assert take_samples(our_reader, 0, worker) == 2
+    snap = worker.stats[0].snapshot()
+    assert (snap.frames_in, snap.dropped, snap.errors, snap.last_error) == (3, 1, 1, "malformed")
+    ((_, newest),) = worker._slots.take(0.0)
+    assert newest.header.stamp == Time_(3, 0)
+    assert len(logged) == 1 and "UnicodeDecodeError" in logged[0]
+
+
+def run_node(args: list[str], timeout: float, script: str = "-m mfuser_ros.node.cli") -> subprocess.Popen:
+    """``mfuser-node --transport dds`` (or ``script``) in its own process on loopback; stdout/stderr piped."""
+    env = dict(os.environ, CYCLONEDDS_URI=loopback_uri())
+    cmd = [sys.executable, *script.split(), "--transport", "dds", "--loopback", "--duration", str(timeout), *args]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_is_fatal_and_visible():
+    domain_id = 1 + (os.getpid() + 7) % 200
+    proc = run_node(["--domain-id", str(domain_id), "-p", "image_topics=[front/image_raw]", "-p", "warmup=false",
+                     "-p", "diagnostics_period_s=0.2"], timeout=60, script=str(REPO / "tests/ros/faulty_node.py"))
+    try:
+        assert "ready" in proc.stdout.readline()
+        camera = Camera(domain_id)
+        levels = []
+        deadline = time.monotonic() + 30.0
+        while proc.poll() is None and time.monotonic() < deadline:
+            camera.front.write(rgb_image(Time_(1, 0)))
+            levels += [s.level for a in camera.diagnostics.take(N=50) for s in a.status]
+            time.sleep(0.1)
+        levels += [s.level for a in camera.diagnostics.take(N=50) for s in a.status]
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, f"exit {proc.returncode}: {err[-2000:]}"
+    assert 2 in levels, "an ERROR status must go out before the exit"
+    assert "worker stopped: KeyError: 'injected bug'" in err
+    assert "terminate called" not in err
+
+
+@pytest.mark.slow
+def test_shutdown_while_a_frame_is_in_the_model_exits_0():
+    from cyclonedds.pub import DataWriter
+    from cyclonedds.topic import Topic
+
+    domain_id = 1 + (os.getpid() + 9) % 200
+    proc = run_node(["--domain-id", str(domain_id), "-p", "image_topics=[front/image_raw/compressed]",
+                     "-p", "warmup=false", "-p", "diagnostics_period_s=0.1", "-p", "shutdown_timeout_s=0.3"],
+                    timeout=120)
+    try:
+        assert "ready" in proc.stdout.readline()
+        camera = Camera(domain_id)
+        front = DataWriter(camera.dp, Topic(camera.dp, dds_topic_name("front/image_raw/compressed"),
+                                            CompressedImage_), qos=dds_qos("reliable", 1))
+        assert wait_until(lambda: front.get_publication_matched_status().current_count > 0, 20.0)
+        # 1024x1024 keeps the tiny model busy for seconds on this CPU: far longer than shutdown_timeout_s.
+        big = cv2.imencode(".png", np.full((1024, 1024, 3), 90, np.uint8))[1].reshape(-1)
+        front.write(CompressedImage_(Header_(Time_(1, 0), "f"), "png", big))
+
+        def received() -> bool:
+            return any(kv.key == "frames_in" and kv.value == "1"
+                       for a in camera.diagnostics.take(N=50) for s in a.status for kv in s.values)
+
+        assert wait_until(received, 20.0), "the node never received the frame"
+        proc.send_signal(signal.SIGINT)  # the frame is in the model now
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert (proc.returncode, "terminate called" in err) == (0, False), err[-2000:]
+    assert "did not finish within shutdown_timeout_s" in err
+    assert "in 1, out 0" in out, "the statistics are printed before leaving"

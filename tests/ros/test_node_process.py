@@ -30,17 +30,17 @@ if sys.argv[1] == "running":
     while not signals.wait(0.05):
         pass
     print(f"shutting down on {signals.reason}", flush=True)
-    time.sleep(0.5)  # a second signal arrives during the shutdown and is ignored
+    time.sleep(float(sys.argv[2]))  # the shutdown; signals arrive during it
     print(f"done after {signals.received}", flush=True)
 else:
     time.sleep(60)  # stands for imports and model loading
 """
 
 
-def run_until(line: str, phase: str) -> subprocess.Popen:
+def run_until(line: str, phase: str, shutdown_s: float = 0.5) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, phase], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, phase, str(shutdown_s)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for _ in range(5):
         if proc.stdout.readline().strip() == line:
             return proc
@@ -65,11 +65,25 @@ def test_signals_while_running_request_one_orderly_shutdown():
     proc = run_until("running", "running")
     proc.send_signal(signal.SIGINT)
     assert proc.stdout.readline().strip() == "shutting down on SIGINT"
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)  # at once: the same stop arriving twice (terminal and ros2 launch)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert out.strip() == "done after ['SIGINT', 'SIGTERM']"
     assert err == ""
+
+
+def test_a_later_signal_during_the_shutdown_leaves_at_once():
+    proc = run_until("running", "running", shutdown_s=60.0)
+    proc.send_signal(signal.SIGINT)
+    assert proc.stdout.readline().strip() == "shutting down on SIGINT"
+    time.sleep(1.5)  # past repeat_after_s: a second Ctrl-C, or launch escalating to SIGTERM
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert time.monotonic() - t0 < 10
+    assert "SIGTERM again: leaving now" in err and "Traceback" not in err
+    assert "done" not in out
 
 
 # ---- runtime parameters --------------------------------------------------------------------------------------------

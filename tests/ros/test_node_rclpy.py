@@ -134,3 +134,47 @@ def test_scaled_camera_info_compressed_labels_and_palette_parameter(context):
         executor.shutdown()
         peer.destroy_node()
         node.destroy_node()
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_is_fatal_and_visible(context):
+    """The rclpy node with an injected model bug: an ERROR status on /diagnostics, then exit status 1."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, ROS_DOMAIN_ID=str(context.get_domain_id()))
+    proc = subprocess.Popen(
+        [sys.executable, str(repo / "tests/ros/faulty_node.py"), "--transport", "ros", "-p",
+         "image_topics=[cam/image_raw]", "-p", "warmup=false", "-p", "diagnostics_period_s=0.2"],
+        cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peer = rclpy.create_node("camera", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(peer)
+    levels = []
+    peer.create_subscription(DiagnosticArray, "/diagnostics",
+                             lambda msg: levels.extend(s.level[0] for s in msg.status), 50)
+    pub = peer.create_publisher(Image, "cam/image_raw", ros_qos("sensor_data", 1))
+    msg = Image(height=48, width=64, encoding="rgb8", step=192)
+    msg.data = np.zeros(48 * 64 * 3, np.uint8).tobytes()
+    try:
+        deadline = time.monotonic() + 60.0
+        while proc.poll() is None and time.monotonic() < deadline:
+            pub.publish(msg)
+            executor.spin_once(timeout_sec=0.1)
+        for _ in range(10):
+            executor.spin_once(timeout_sec=0.05)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        executor.shutdown()
+        peer.destroy_node()
+    assert proc.returncode == 1, output[-3000:]
+    assert 2 in levels, "an ERROR status must go out before the exit"
+    assert "worker stopped: KeyError: 'injected bug'" in output
+    assert "terminate called" not in output

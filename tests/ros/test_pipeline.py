@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -242,3 +243,89 @@ def test_confidence_is_computed_only_when_a_subscriber_wants_it(tiny_model, msgs
     with_all = pipeline.process(msgs.image(rgb, "rgb8"), ALL)
     assert spy.confidence_asked is True
     np.testing.assert_array_equal(labels_only.labels.data, with_all.labels.data)
+
+
+# ---- field robustness (issue 12) ------------------------------------------------------------------------------
+
+class BlockingSegmenter:
+    """Delegates to the real segmenter, but holds each call until ``release`` is set (a frame stuck in the model)."""
+
+    def __init__(self, segmenter):
+        self.segmenter = segmenter
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def segment_batch(self, images, output_sizes=None, *, with_confidence=True):
+        self.entered.set()
+        assert self.release.wait(30.0)
+        return self.segmenter.segment_batch(images, output_sizes, with_confidence=with_confidence)
+
+
+@pytest.mark.parametrize("sample", [
+    SimpleNamespace(key_sample=None, sample_info=None),  # what cyclonedds hands over for a disposed instance
+    SimpleNamespace(header=None, encoding="rgb8", height=2, width=2, step=6, data=bytes(12)),  # no stamp
+    SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(sec="x", nanosec=0)), format=7, data=None),
+])
+def test_a_sample_that_is_no_image_is_counted_and_the_worker_thread_goes_on(tiny_model, msgs, scene, sample):
+    sink = CollectingSink()
+    worker = FrameWorker(SegmentationPipeline(tiny_model.pipeline.segmenter), ["front"], sink, warn=lambda _m: None)
+    worker.start()
+    try:
+        worker.submit(0, sample)
+        deadline = time.monotonic() + 10.0
+        while worker.stats[0].snapshot().errors == 0 and worker.running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        worker.submit(0, msgs.image(scene(48, 64), "rgb8"))
+        assert sink.event.wait(30.0), "the worker answered no frame after the bad sample"
+        assert worker.running
+    finally:
+        worker.stop()
+    snap = worker.stats[0].snapshot()
+    assert (snap.frames_in, snap.errors, snap.frames_out, snap.last_error) == (2, 1, 1, "malformed")
+
+
+def test_stop_says_whether_the_thread_ended(tiny_model, msgs, scene):
+    blocking = BlockingSegmenter(tiny_model.pipeline.segmenter)
+    sink = CollectingSink()
+    worker = FrameWorker(SegmentationPipeline(blocking), ["front"], sink)
+    worker.start()
+    worker.submit(0, msgs.image(scene(48, 64), "rgb8"))
+    assert blocking.entered.wait(30.0)
+    assert worker.stop(timeout=0.05) is False, "a frame is still in the model"
+    assert worker.running
+    blocking.release.set()
+    assert worker.stop(timeout=30.0) is True
+    assert not worker.running
+    assert len(sink.published) == 1, "the frame in flight is finished, not abandoned"
+
+
+def test_a_dying_worker_reports_once_through_on_failure(tiny_model, msgs, scene, monkeypatch):
+    class BuggySegmenter:
+        def segment_batch(self, images, output_sizes=None, *, with_confidence=True):
+            raise KeyError("injected bug")
+
+    monkeypatch.setattr(threading, "excepthook", lambda _args: None)
+    failures = []
+    worker = FrameWorker(SegmentationPipeline(BuggySegmenter()), ["front"], CollectingSink(), warn=lambda _m: None,
+                         on_failure=failures.append)
+    worker.start()
+    try:
+        worker.submit(0, msgs.image(scene(48, 64), "rgb8"))
+        deadline = time.monotonic() + 10.0
+        while worker.running and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        worker.stop()
+    assert failures == ["KeyError: 'injected bug'"]
+    (status,) = worker.statuses("/seg", DiagnosticThresholds())
+    assert status.level == ERROR
+
+
+def test_a_rejected_message_counts_as_input_and_error(tiny_model):
+    logged = []
+    worker = FrameWorker(SegmentationPipeline(tiny_model.pipeline.segmenter), ["front"], CollectingSink(),
+                         warn=logged.append)
+    worker.reject(0, "malformed", "cannot deserialize")
+    snap = worker.stats[0].snapshot()
+    assert (snap.frames_in, snap.errors, snap.last_error) == (1, 1, "malformed")
+    assert logged == ["camera 'front': message skipped: cannot deserialize"]
