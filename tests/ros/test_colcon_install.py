@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from ros2_operator import (
     BUNDLED_MODEL,
+    REPO,
     Peer,
     Process,
     colcon_workspace,
@@ -105,3 +106,18 @@ def test_ros2_run_from_a_symlink_install_gives_labels():
         assert proc.wait(30.0) == 0, proc.output[-3000:]
     assert "SIGINT: shutting down" in proc.output
     assert "Traceback" not in proc.output, proc.output[-3000:]
+
+
+def test_every_ros_dependency_in_package_xml_is_an_installed_ros2_package():
+    """rosdep resolves package.xml; each ROS package named there must exist (here: in the sourced Jazzy)."""
+    import xml.etree.ElementTree as ET
+
+    from mfuser_model.resources import ament_prefixes
+
+    root = ET.parse(REPO / "package.xml").getroot()
+    tags = ("depend", "build_depend", "exec_depend", "test_depend")
+    names = sorted({e.text.strip() for tag in tags for e in root.iter(tag)} - {"mfuser_ros"})
+    ros_packages = [n for n in names if not n.startswith("python3-")]
+    assert "rclpy" in ros_packages
+    missing = [n for n in ros_packages if not ament_prefixes(n)]
+    assert missing == [], f"package.xml names packages no ROS 2 prefix provides: {missing}"
