@@ -21,9 +21,10 @@ Parameters: those in :data:`~mfuser_ros.node.config.RUNTIME_PARAMETERS` change a
 every other one is read at configure, so setting it while the node is configured is rejected with the reason
 (an unconfigured node accepts anything: it is checked at the next configure).
 
-Process (``main``): SIGINT and SIGTERM shut the node down in order (shutdown transition: the frame in the model
-finishes, the model is released), then the process exits 0; further signals during that are ignored. It also
-exits 0 once ``ros2 lifecycle set <node> shutdown`` has finalized it.
+Process (``main``): SIGINT and SIGTERM shut the node down in order (the frame in the model finishes within
+``shutdown_timeout_s``, the shutdown transition releases the model), then the process exits 0 (see
+:mod:`mfuser_ros.node.shutdown` for repeated signals). It also exits 0 once ``ros2 lifecycle set <node> shutdown``
+has finalized it, and 1 when the worker thread died.
 
 rclpy is imported only in this module; everything else in mfuser_ros runs without ROS 2.
 """
@@ -406,10 +407,10 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple, array.array)) else value
 
 
-def _finish(node: MFuserNode, reason: str) -> bool:
+def _finish(node: MFuserNode, reason: str) -> None:
     """Orderly end: wait (``shutdown_timeout_s``) for the frame in the model, run the shutdown transition (model
-    released, publishers destroyed), destroy the node. False when the frame did not finish: the caller must then
-    leave without the interpreter's teardown (see ``leave_process``)."""
+    released, publishers destroyed), destroy the node. If the frame did not finish, its worker still holds the
+    model: no transition then, and the caller's ``leave_process`` ends the process around it."""
     node.get_logger().info(f"{reason}: shutting down")
     t0 = time.monotonic()
     stopped = node.stop_worker()
@@ -418,7 +419,6 @@ def _finish(node: MFuserNode, reason: str) -> bool:
             node.trigger_shutdown()
     node.destroy_node()
     node.get_logger().info(f"shut down in {time.monotonic() - t0:.2f} s")
-    return stopped
 
 
 def main(args: list[str] | None = None, signals: ShutdownSignals | None = None) -> int:
