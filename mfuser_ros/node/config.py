@@ -74,6 +74,9 @@ class NodeConfig:
         autostart: the rclpy node configures and activates itself at start-up.
         diagnostics_period_s / stats_window_s: /diagnostics publishing period and statistics window.
         latency_warn_ms / latency_error_ms: p95 latency (now - header.stamp) giving WARN / ERROR.
+        clock_skew_limit_s: a frame whose stamp is further than this from the node's clock (either way) is counted
+            as clock skew (WARN) and left out of the latency statistics: a camera stamping sec=0 would otherwise
+            put p95 at decades and hold the camera at ERROR.
         min_output_fps_warn: WARN when a camera with input publishes slower than this (0 disables).
         log_throttle_s: at most one log line per camera and error kind in this period.
         shutdown_timeout_s: on shutdown or deactivate, how long to wait for the frame in the model; after that the
@@ -114,6 +117,7 @@ class NodeConfig:
     stats_window_s: float = 5.0
     latency_warn_ms: float = 500.0
     latency_error_ms: float = 2000.0
+    clock_skew_limit_s: float = 60.0
     min_output_fps_warn: float = 0.0
     log_throttle_s: float = 5.0
     shutdown_timeout_s: float = 5.0
@@ -156,7 +160,7 @@ class NodeConfig:
         _check(0 <= self.png_level <= 9, "png_level", self.png_level, "must be in [0, 9]")
         _check(1 <= self.jpeg_quality <= 100, "jpeg_quality", self.jpeg_quality, "must be in [1, 100]")
         for name in ("diagnostics_period_s", "stats_window_s", "latency_warn_ms", "log_throttle_s",
-                     "shutdown_timeout_s"):
+                     "shutdown_timeout_s", "clock_skew_limit_s"):
             _check(getattr(self, name) > 0, name, getattr(self, name), "must be > 0")
         _check(self.latency_error_ms >= self.latency_warn_ms, "latency_error_ms", self.latency_error_ms,
                f"must be >= latency_warn_ms ({self.latency_warn_ms})")

@@ -142,7 +142,8 @@ def test_model_failure_skips_that_batch_and_counts_an_error(tiny_model, msgs, sc
     spy = CountingSegmenter(tiny_model.pipeline.segmenter, fail_calls={1})
     logged = []
     sink = CollectingSink()
-    worker = FrameWorker(SegmentationPipeline(spy), ["front"], sink, warn=logged.append)
+    worker = FrameWorker(SegmentationPipeline(spy), ["front"], sink, warn=logged.append,
+                         clock_ns=lambda: 13 * 10**9)  # near the messages' stamps (12 s): no clock skew
     msg = msgs.image(scene(48, 64), "rgb8")
     worker.submit(0, msg)
     worker.run_once()
@@ -329,3 +330,21 @@ def test_a_rejected_message_counts_as_input_and_error(tiny_model):
     snap = worker.stats[0].snapshot()
     assert (snap.frames_in, snap.errors, snap.last_error) == (1, 1, "malformed")
     assert logged == ["camera 'front': message skipped: cannot deserialize"]
+
+
+def test_a_frame_stamped_at_the_epoch_is_clock_skew_not_latency(tiny_model, msgs, scene):
+    logged = []
+    now_ns = 1_700_000_000 * 10**9
+    worker = FrameWorker(SegmentationPipeline(tiny_model.pipeline.segmenter), ["front"], CollectingSink(),
+                         clock_ns=lambda: now_ns, warn=logged.append)
+    worker.submit(0, msgs.image(scene(48, 64), "rgb8", header=msgs.header(sec=1_700_000_000 - 1, nanosec=0)))
+    worker.run_once()
+    worker.submit(0, msgs.image(scene(48, 64), "rgb8", header=msgs.header(sec=0, nanosec=0)))
+    worker.run_once()
+    snap = worker.stats[0].snapshot()
+    assert (snap.frames_out, snap.clock_skew) == (2, 1)
+    assert snap.latency_p95_ms == pytest.approx(1000.0)
+    (status,) = worker.statuses("/seg", DiagnosticThresholds())
+    assert status.level != ERROR
+    assert logged == ["camera 'front': header stamp is 1.7e+09 s behind the node's clock: counted as clock skew, "
+                      "left out of latency (check the camera's clock sync, or use_sim_time)"]
