@@ -60,6 +60,13 @@ class NodeConfig:
         decoder_onnx: a fixed decoder export for onnxruntime/tensorrt (one input size); empty: export per input
             size into ``decoder_cache_dir`` (empty: the model library's default cache folder).
         inference_mode / crop_size / stride: whole-image or sliding-window inference.
+        network_image_width / network_image_height: the box every camera image is resized into (keeping its
+            aspect ratio; the box turns with the image's orientation) before the model sees it, so the work per
+            frame is bounded whatever the camera's resolution (as Isaac ROS's encoder parameters of the same names).
+            Labels still come out at the output size. Default 2048x1024: the paper's test protocol for Cityscapes
+            and Mapillary (BDD100K: 1280x720), used with ``inference_mode: slide``, 512/341 for the full models.
+        network_image_upscale: also enlarge smaller images to fill the box, as the paper's protocol does; off by
+            default (smaller cameras run at their own size: enlarging only adds work).
         output_width / output_height: size of every output image; 0 and 0 = the input's size.
         overlay_alpha: weight of the colour mask in the overlay image.
         color_palette: ``"#RRGGBB"`` per class id for colour and overlay; empty: the model's own palette (its
@@ -101,6 +108,9 @@ class NodeConfig:
     inference_mode: Literal["whole", "slide"] = "whole"
     crop_size: int = 512
     stride: int = 341
+    network_image_width: int = 2048
+    network_image_height: int = 1024
+    network_image_upscale: bool = False
     output_width: int = 0
     output_height: int = 0
     overlay_alpha: float = 0.5
@@ -142,7 +152,7 @@ class NodeConfig:
         _check(len(set(namespaces)) == len(namespaces), "camera_names", namespaces,
                "two cameras would publish on the same output topics; set distinct camera_names")
         for name in ("input_qos_depth", "output_qos_depth", "crop_size", "stride", "max_width", "max_height",
-                     "max_batch"):
+                     "max_batch", "network_image_width", "network_image_height"):
             _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
         _check(self.stride <= self.crop_size, "stride", self.stride, f"must be <= crop_size ({self.crop_size})")
         _check(bool(self.preset or self.checkpoint), "preset", self.preset,
@@ -165,6 +175,11 @@ class NodeConfig:
         _check(self.latency_error_ms >= self.latency_warn_ms, "latency_error_ms", self.latency_error_ms,
                f"must be >= latency_warn_ms ({self.latency_warn_ms})")
         _check(self.min_output_fps_warn >= 0, "min_output_fps_warn", self.min_output_fps_warn, "must be >= 0")
+
+    @property
+    def network_input_box(self) -> tuple[int, int]:
+        """(width, height) box of the model's input (``network_image_width/height``)."""
+        return self.network_image_width, self.network_image_height
 
     @property
     def output_size(self) -> tuple[int, int] | None:

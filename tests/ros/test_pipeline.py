@@ -348,3 +348,23 @@ def test_a_frame_stamped_at_the_epoch_is_clock_skew_not_latency(tiny_model, msgs
     assert status.level != ERROR
     assert logged == ["camera 'front': header stamp is 1.7e+09 s behind the node's clock: counted as clock skew, "
                       "left out of latency (check the camera's clock sync, or use_sim_time)"]
+
+
+def test_a_small_png_of_a_huge_image_runs_at_the_network_size(msgs):
+    """Issue 12's starving frame: 4096x4096 pixels in a few KB. The model sees the network size, not 16 Mpx."""
+    from mfuser_ros.node.config import NodeConfig
+    from mfuser_ros.node.model_loader import load_model
+
+    config = NodeConfig(warmup=False, network_image_width=128, network_image_height=128)
+    loaded = load_model(config)
+    spy = CountingSegmenter(loaded.pipeline.segmenter)
+    seen = []
+    model = loaded.pipeline.segmenter.model
+    real = model.predict_lowres
+    model.predict_lowres = lambda x: seen.append(tuple(x.shape[-2:])) or real(x)
+    pipeline = SegmentationPipeline.from_config(config, spy)
+    bomb = msgs.compressed(np.full((4096, 4096, 3), 90, np.uint8), "png")
+    assert bomb.data.size < 100_000
+    out = pipeline.process(bomb)
+    assert (out.labels.height, out.labels.width) == (4096, 4096), "labels at the requested (here: input) size"
+    assert seen == [(140, 140)], "128x128, padded to a multiple of two patches (28)"
