@@ -2,17 +2,20 @@
 
     .venv/bin/python benchmarks/node_overhead.py [--reps 20] [--no-dds]
 
-Stages per frame (median ms over ``--reps``), for 640x480, 1280x720 and 1920x1080, raw rgb8 and jpeg input:
+Stages per frame (median ms over ``--reps``), for 640x480, 1280x720, 1920x1080 and 3840x2160, raw rgb8 and jpeg
+input, with the node's default network input box (network_image_width/height, 2048x1024):
 - receive:     CDR bytes -> message object (what the DDS reader does; rclpy does this in C)
 - decode:      message -> (H, W, 3) RGB (mfuser_ros.node.conversions)
-- preprocess:  RGB -> normalised (1, 3, H, W) tensor (mfuser_model.preprocess.normalize, inside the Segmenter)
-- postprocess: the network's (K, H/4, W/4) class scores -> labels at the input size (the Segmenter's whole-image
+- resize:      RGB -> the network input size, keeping the aspect ratio (mfuser_model.inference.resize_to_network,
+               inside the Segmenter); 0 when the image already fits
+- preprocess:  network-size RGB -> normalised (1, 3, h, w) tensor (mfuser_model.preprocess.normalize)
+- postprocess: the network's (K, h/4, w/4) class scores -> labels at the camera's size (the Segmenter's whole-image
                path, mfuser_model.inference.labels_from_lowres: bilinear arg-max, K = 19, scores shaped like a
                street scene); "+conf" is the same with the confidence map
 - encode:      labels -> mono8 output image; "+extras" adds colour, overlay and confidence images
 - publish:     labels image -> DDS message -> DataWriter.write (CDR serialization + Cyclone's write, no reader)
-"label path" = receive + decode + preprocess + postprocess + encode + publish: everything the node does on the CPU
-for the labels output except the network's forward (target <= 5 ms for 1920x1080 rgb8 on the project's 2-core
+"label path" = receive + decode + resize + preprocess + postprocess + encode + publish: everything the node does on
+the CPU for the labels output except the network's forward (target <= 5 ms for 1920x1080 rgb8 on the project's 2-core
 CPU). The DDS round trip sends a 640x480 rgb8 frame to an echo process over loopback and back (target <= 10 ms).
 """
 
@@ -29,13 +32,15 @@ import cv2
 import numpy as np
 import torch
 
-from mfuser_model.inference import labels_from_lowres
+from mfuser_model.inference import labels_from_lowres, network_size, resize_to_network
 from mfuser_model.preprocess import normalize
 from mfuser_model.synthetic.scenes import render_scene
+from mfuser_ros.node.config import NodeConfig
 from mfuser_ros.node.conversions import OutputImage, message_to_rgb
 from mfuser_ros.node.pipeline import FrameTiming, SegmentationPipeline, Wanted
 
-SIZES = [(480, 640), (720, 1280), (1080, 1920)]
+SIZES = [(480, 640), (720, 1280), (1080, 1920), (2160, 3840)]
+BOX = NodeConfig().network_input_box
 NUM_CLASSES = 19
 
 
@@ -79,20 +84,24 @@ def measure_row(pipeline: SegmentationPipeline, writer: object, rgb: np.ndarray,
         wire = CompressedImage_(header, "jpeg", jpeg).serialize()
     msg = msg_type.deserialize(wire)
     size = (height, width)
-    result = labels_from_lowres(scores, size, size, size)
+    net = network_size(height, width, BOX)
+    small = resize_to_network(rgb, BOX)
+    result = labels_from_lowres(scores, net, net, size)
     timing = FrameTiming()
     labels = OutputImage("mono8", result.labels)
     row = {
         "receive": median_ms(lambda: msg_type.deserialize(wire), reps),
         "decode": median_ms(lambda: message_to_rgb(msg), reps),
-        "preproc": median_ms(lambda: normalize(rgb), reps),
-        "postproc": median_ms(lambda: labels_from_lowres(scores, size, size, size, with_confidence=False), reps),
-        "+conf": median_ms(lambda: labels_from_lowres(scores, size, size, size), reps),
+        "resize": median_ms(lambda: resize_to_network(rgb, BOX), reps),
+        "preproc": median_ms(lambda: normalize(small), reps),
+        "postproc": median_ms(lambda: labels_from_lowres(scores, net, net, size, with_confidence=False), reps),
+        "+conf": median_ms(lambda: labels_from_lowres(scores, net, net, size), reps),
         "encode": median_ms(lambda: pipeline.encode(0, header, rgb, result, Wanted(), timing), reps),
         "+extras": median_ms(lambda: pipeline.encode(0, header, rgb, result, Wanted(True, True, True), timing), reps),
         "publish": median_ms(lambda: writer.write(to_dds_image(header, labels)), reps),
     }
-    row["label path"] = sum(row[k] for k in ("receive", "decode", "preproc", "postproc", "encode", "publish"))
+    row["label path"] = sum(row[k] for k in ("receive", "decode", "resize", "preproc", "postproc", "encode",
+                                             "publish"))
     return row
 
 
@@ -108,11 +117,13 @@ def stage_table(reps: int) -> None:
     dp = DomainParticipant(1 + os.getpid() % 200)
     writer = DataWriter(dp, Topic(dp, "rt/bench/mfuser/labels", Image_), qos=dds_qos("reliable", 1))
     pipeline = SegmentationPipeline(segmenter=None)
-    columns = ["receive", "decode", "preproc", "postproc", "+conf", "encode", "+extras", "publish", "label path"]
+    columns = ["receive", "decode", "resize", "preproc", "postproc", "+conf", "encode", "+extras", "publish",
+               "label path"]
+    print(f"network input box {BOX[0]}x{BOX[1]} (network_image_width x network_image_height)")
     print(f"{'input':>16} " + " ".join(f"{c:>10}" for c in columns))
     for height, width in SIZES:
         rgb = scene(height, width)
-        scores = scene_scores(height, width)
+        scores = scene_scores(*network_size(height, width, BOX))  # the network sees the network size
         for kind in ("rgb8", "jpeg"):
             row = measure_row(pipeline, writer, rgb, scores, kind, reps)
             print(f"{f'{width}x{height} {kind}':>16} " + " ".join(f"{row[c]:10.2f}" for c in columns))

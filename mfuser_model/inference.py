@@ -17,18 +17,21 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mfuser_model.errors import ConfigError
-from mfuser_model.preprocess import normalize
+from mfuser_model.preprocess import normalize, rescale_size
 
 __all__ = [
     "Precision",
     "SegmentationResult",
     "Segmenter",
     "labels_from_lowres",
+    "network_size",
+    "resize_to_network",
     "slide_scores",
     "whole_scores",
 ]
@@ -81,6 +84,25 @@ def slide_scores(score_fn: ScoreFn, images: torch.Tensor, crop_size: int, stride
     return total / count
 
 
+def network_size(height: int, width: int, box: tuple[int, int] | None, *, enlarge: bool = False) -> tuple[int, int]:
+    """(height, width) that fits ``box`` = (width, height) keeping the aspect ratio (mmseg's keep-ratio rule, the
+    box turned to the image's orientation); images that already fit keep their size unless ``enlarge``."""
+    if box is None:
+        return height, width
+    fit_w, fit_h = rescale_size(width, height, box)
+    if fit_w > width and not enlarge:
+        return height, width
+    return max(fit_h, 1), max(fit_w, 1)
+
+
+def resize_to_network(image: np.ndarray, box: tuple[int, int] | None, *, enlarge: bool = False) -> np.ndarray:
+    """``image`` (H, W, C) resized bilinearly (as mmcv's resize) to :func:`network_size`; itself if unchanged."""
+    height, width = network_size(*image.shape[:2], box, enlarge=enlarge)
+    if (height, width) == image.shape[:2]:
+        return image
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
 class Segmenter:
     """Wraps an MFuser (or anything with its ``predict``) for numpy-in, labels-out use.
 
@@ -90,11 +112,18 @@ class Segmenter:
         crop_size, stride: the sliding window (defaults: the model's training crop, and 2/3 of it).
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         precision: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (autocast; fp16 needs CUDA).
+        input_box: ``(width, height)`` the network input must fit: :meth:`segment_batch` resizes every image
+            (bilinear, keeping its aspect ratio, the box turned to the image's orientation as mmseg's keep-ratio
+            resize does) so that the work per image is bounded whatever its resolution; results still come back
+            at the image's own size (or the requested one). None: images run at their own size.
+        enlarge: also enlarge images smaller than ``input_box`` to fit it (the paper's test protocol does); by
+            default they run at their own size, as enlarging only adds work.
     """
 
     def __init__(self, model: torch.nn.Module, *, mode: Literal["whole", "slide"] = "whole",
                  crop_size: int | None = None, stride: int | None = None, device: str = "cpu",
-                 precision: Precision = "fp32") -> None:
+                 precision: Precision = "fp32", input_box: tuple[int, int] | None = None,
+                 enlarge: bool = False) -> None:
         if mode not in ("whole", "slide"):
             msg = f"mode must be 'whole' or 'slide', got {mode!r}"
             raise ConfigError(msg)
@@ -117,6 +146,19 @@ class Segmenter:
         self.num_classes = config.num_classes
         # The pyramid's max-pool halves the token grid, so whole images are padded to 2 patches.
         self.multiple = 2 * config.patch_size
+        if input_box is not None and min(input_box) < 1:
+            msg = f"input_box must be two sizes >= 1, got {input_box!r}"
+            raise ConfigError(msg)
+        self.input_box = tuple(input_box) if input_box is not None else None
+        self.enlarge = enlarge
+
+    def network_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) an image of this size is resized to before inference (see ``input_box``)."""
+        return network_size(height, width, self.input_box, enlarge=self.enlarge)
+
+    def network_input(self, image: np.ndarray) -> np.ndarray:
+        """``image`` at :meth:`network_size`; the same array when already there."""
+        return resize_to_network(image, self.input_box, enlarge=self.enlarge)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
@@ -149,7 +191,7 @@ class Segmenter:
         """Segment (H, W, 3) uint8 RGB images. Images of equal size run as one batch.
 
         Args:
-            images: the images; sizes may differ.
+            images: the images; sizes may differ. Each is first resized to :meth:`network_size`.
             output_sizes: per image, the (height, width) of the outputs (default: the image's own size).
             with_confidence: compute the confidence maps (whole mode skips that work when False and returns
                 an empty (0, 0) array; a node asks only while someone subscribes).
@@ -158,17 +200,18 @@ class Segmenter:
         if len(sizes) != len(images):
             msg = f"got {len(images)} images but {len(sizes)} output sizes"
             raise ValueError(msg)
+        sizes = [tuple(size or image.shape[:2]) for size, image in zip(sizes, images, strict=True)]
+        inputs = [self.network_input(image) for image in images]
         results: list[SegmentationResult | None] = [None] * len(images)
         groups: dict[tuple[int, ...], list[int]] = {}
-        for i, image in enumerate(images):
+        for i, image in enumerate(inputs):
             groups.setdefault(tuple(image.shape), []).append(i)
         for indices in groups.values():
-            batch = normalize([images[i] for i in indices], device=self.device)
+            batch = normalize([inputs[i] for i in indices], device=self.device)
             if self.mode == "whole":
                 low, padded = self.lowres_scores(batch)
                 for row, i in enumerate(indices):
-                    size = sizes[i] or tuple(batch.shape[-2:])
-                    results[i] = labels_from_lowres(low[row], tuple(batch.shape[-2:]), padded, size,
+                    results[i] = labels_from_lowres(low[row], tuple(batch.shape[-2:]), padded, sizes[i],
                                                     with_confidence=with_confidence)
             else:
                 scores = self.scores(batch)

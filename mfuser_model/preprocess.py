@@ -11,11 +11,18 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "denormalize", "normalize"]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "denormalize", "normalize", "rescale_size"]
 
 # RGB, for images scaled to [0, 1].
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+
+def rescale_size(width: int, height: int, scale: tuple[int, int]) -> tuple[int, int]:
+    """Size that fits ``(width, height)`` inside ``scale`` keeping the ratio, as ``mmcv.rescale_size`` with a tuple:
+    the long edge to at most ``max(scale)`` and the short edge to at most ``min(scale)`` (up- or down-scaling)."""
+    factor = min(max(scale) / max(width, height), min(scale) / min(width, height))
+    return int(width * factor + 0.5), int(height * factor + 0.5)
 
 
 def normalize(images_uint8_rgb: Any, device: torch.device | str | None = None) -> torch.Tensor:

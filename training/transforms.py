@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mfuser_model.classes import IGNORE_INDEX
-from mfuser_model.preprocess import normalize
+from mfuser_model.preprocess import normalize, rescale_size  # rescale_size: shared with the node's resize
 
 __all__ = [
     "EvalTransform",
@@ -32,13 +32,6 @@ __all__ = [
 ]
 
 Sample = dict[str, Any]
-
-
-def rescale_size(width: int, height: int, scale: tuple[int, int]) -> tuple[int, int]:
-    """Size that fits ``(width, height)`` inside ``scale`` keeping the ratio, as ``mmcv.rescale_size`` with a tuple:
-    the long edge to at most ``max(scale)`` and the short edge to at most ``min(scale)`` (up- or down-scaling)."""
-    factor = min(max(scale) / max(width, height), min(scale) / min(width, height))
-    return int(width * factor + 0.5), int(height * factor + 0.5)
 
 
 def _resize_pair(sample: Sample, size: tuple[int, int]) -> Sample:

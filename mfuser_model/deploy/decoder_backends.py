@@ -401,7 +401,7 @@ def build_segmenter(model: nn.Module, *, decoder_backend: str = "torch", onnx_pa
         cache_dir: export cache (default `default_cache_dir()`; TensorRT engines go next to the exports).
         decoder_precision: TensorRT precision (default `fp16` when the segmenter runs `fp16`, else `fp32`).
         max_batch: TensorRT profile's largest batch.
-        **segmenter_kwargs: `mode`, `crop_size`, `stride`, `device`, `precision` of `Segmenter`.
+        **segmenter_kwargs: `mode`, `crop_size`, `stride`, `device`, `precision`, `input_box`, `enlarge` of `Segmenter`.
 
     Returns:
         A `mfuser_model.inference.Segmenter`.

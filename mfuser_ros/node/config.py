@@ -69,6 +69,13 @@ class NodeConfig:
         decoder_onnx: a fixed decoder export for onnxruntime/tensorrt (one input size); empty: export per input
             size into ``decoder_cache_dir`` (empty: the model library's default cache folder).
         inference_mode / crop_size / stride: whole-image or sliding-window inference.
+        network_image_width / network_image_height: the box every camera image is resized into (keeping its
+            aspect ratio; the box turns with the image's orientation) before the model sees it, so the work per
+            frame is bounded whatever the camera's resolution (as Isaac ROS's encoder parameters of the same names).
+            Labels still come out at the output size. Default 2048x1024: the paper's test protocol for Cityscapes
+            and Mapillary (BDD100K: 1280x720), used with ``inference_mode: slide``, 512/341 for the full models.
+        network_image_upscale: also enlarge smaller images to fill the box, as the paper's protocol does; off by
+            default (smaller cameras run at their own size: enlarging only adds work).
         output_width / output_height: size of every output image; 0 and 0 = the input's size.
         overlay_alpha: weight of the colour mask in the overlay image.
         color_palette: ``"#RRGGBB"`` per class id for colour and overlay; empty: the model's own palette (its
@@ -83,6 +90,9 @@ class NodeConfig:
         autostart: the rclpy node configures and activates itself at start-up.
         diagnostics_period_s / stats_window_s: /diagnostics publishing period and statistics window.
         latency_warn_ms / latency_error_ms: p95 latency (now - header.stamp) giving WARN / ERROR.
+        clock_skew_limit_s: a frame whose stamp is further than this from the node's clock (either way) is counted
+            as clock skew (WARN) and left out of the latency statistics: a camera stamping sec=0 would otherwise
+            put p95 at decades and hold the camera at ERROR.
         min_output_fps_warn: WARN when a camera with input publishes slower than this (0 disables).
         log_throttle_s: at most one log line per camera and error kind in this period.
         shutdown_timeout_s: on shutdown or deactivate, how long to wait for the frame in the model; after that the
@@ -107,6 +117,9 @@ class NodeConfig:
     inference_mode: Literal["whole", "slide"] = "whole"
     crop_size: int = 512
     stride: int = 341
+    network_image_width: int = 2048
+    network_image_height: int = 1024
+    network_image_upscale: bool = False
     output_width: int = 0
     output_height: int = 0
     overlay_alpha: float = 0.5
@@ -123,6 +136,7 @@ class NodeConfig:
     stats_window_s: float = 5.0
     latency_warn_ms: float = 500.0
     latency_error_ms: float = 2000.0
+    clock_skew_limit_s: float = 60.0
     min_output_fps_warn: float = 0.0
     log_throttle_s: float = 5.0
     shutdown_timeout_s: float = 5.0
@@ -147,7 +161,7 @@ class NodeConfig:
         _check(len(set(namespaces)) == len(namespaces), "camera_names", namespaces,
                "two cameras would publish on the same output topics; set distinct camera_names")
         for name in ("input_qos_depth", "output_qos_depth", "crop_size", "stride", "max_width", "max_height",
-                     "max_batch"):
+                     "max_batch", "network_image_width", "network_image_height"):
             _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
         _check(self.stride <= self.crop_size, "stride", self.stride, f"must be <= crop_size ({self.crop_size})")
         _check(bool(self.preset or self.checkpoint), "preset", self.preset,
@@ -165,11 +179,16 @@ class NodeConfig:
         _check(0 <= self.png_level <= 9, "png_level", self.png_level, "must be in [0, 9]")
         _check(1 <= self.jpeg_quality <= 100, "jpeg_quality", self.jpeg_quality, "must be in [1, 100]")
         for name in ("diagnostics_period_s", "stats_window_s", "latency_warn_ms", "log_throttle_s",
-                     "shutdown_timeout_s"):
+                     "shutdown_timeout_s", "clock_skew_limit_s"):
             _check(getattr(self, name) > 0, name, getattr(self, name), "must be > 0")
         _check(self.latency_error_ms >= self.latency_warn_ms, "latency_error_ms", self.latency_error_ms,
                f"must be >= latency_warn_ms ({self.latency_warn_ms})")
         _check(self.min_output_fps_warn >= 0, "min_output_fps_warn", self.min_output_fps_warn, "must be >= 0")
+
+    @property
+    def network_input_box(self) -> tuple[int, int]:
+        """(width, height) box of the model's input (``network_image_width/height``)."""
+        return self.network_image_width, self.network_image_height
 
     @property
     def output_size(self) -> tuple[int, int] | None:

@@ -482,6 +482,7 @@ class DdsSegmentationNode:
         self.sink = _DdsSink(self.participant, config, namespace, node_name)
         self.worker = FrameWorker(pipeline, self.cameras, self.sink, clock_ns=clock_ns, warn=warn,
                                   log_throttle_s=config.log_throttle_s, stats_window_s=config.stats_window_s,
+                                  clock_skew_limit_s=config.clock_skew_limit_s,
                                   camera_info_timeout_s=config.camera_info_timeout_s,
                                   on_failure=self._worker_failed)
         self._limits = DiagnosticThresholds(config.latency_warn_ms, config.latency_error_ms,

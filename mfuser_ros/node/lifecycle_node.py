@@ -335,7 +335,8 @@ class MFuserNode(LifecycleNode):
         self.worker = FrameWorker(
             self.model.pipeline if self.model else None, config.camera_namespaces(), self._sink,
             clock_ns=self._now_ns, warn=self.get_logger().warning, log_throttle_s=config.log_throttle_s,
-            stats_window_s=config.stats_window_s, camera_info_timeout_s=config.camera_info_timeout_s,
+            stats_window_s=config.stats_window_s, clock_skew_limit_s=config.clock_skew_limit_s,
+            camera_info_timeout_s=config.camera_info_timeout_s,
             on_failure=self._worker_failed)
         self._diag_timer = self.create_timer(config.diagnostics_period_s, self._publish_diagnostics)
         return super().on_configure(state)

@@ -81,7 +81,8 @@ def _build_segmenter(model: Any, config: NodeConfig) -> Any:
     return build_segmenter(
         model, decoder_backend=config.decoder_backend, onnx_path=config.decoder_onnx or None,
         cache_dir=config.decoder_cache_dir or None, max_batch=config.max_batch, mode=config.inference_mode,
-        crop_size=config.crop_size, stride=config.stride, device=config.device, precision=config.precision)
+        crop_size=config.crop_size, stride=config.stride, device=config.device, precision=config.precision,
+        input_box=config.network_input_box, enlarge=config.network_image_upscale)
 
 
 def load_model(config: NodeConfig) -> LoadedModel:

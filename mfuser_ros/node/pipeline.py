@@ -355,6 +355,8 @@ class FrameWorker:
         clock_ns: the transport's clock (ROS time, honouring use_sim_time) for latency = now - header.stamp.
         warn: logger for bad frames (throttled per camera and kind).
         log_throttle_s: throttle period. stats_window_s: statistics window.
+        clock_skew_limit_s: outputs whose stamp is further than this from ``clock_ns`` count as clock skew (a
+            warning) instead of latency.
         on_failure: called (on the dying worker thread, with the reason) when the thread ends on an unexpected
             error. Frames cannot cause that (bad frames and model failures are per frame), so it means a bug or a
             broken transport: the transports publish an ERROR status and exit non-zero, for a supervisor to restart.
@@ -364,14 +366,15 @@ class FrameWorker:
 
     def __init__(self, pipeline: SegmentationPipeline | None, cameras: Sequence[str], sink: OutputSink, *,
                  clock_ns: Callable[[], int] = time.time_ns, warn: Callable[[str], None] = print,
-                 log_throttle_s: float = 5.0, stats_window_s: float = 5.0,
+                 log_throttle_s: float = 5.0, stats_window_s: float = 5.0, clock_skew_limit_s: float = 60.0,
                  camera_info_timeout_s: float | None = 1.0,
                  on_failure: Callable[[str], None] | None = None) -> None:
         self.pipeline = pipeline
         self.cameras = list(cameras)
         self.sink = sink
         self.clock_ns = clock_ns
-        self.stats = [CameraStats(stats_window_s) for _ in self.cameras]
+        self.stats = [CameraStats(stats_window_s, clock_skew_limit_ms=clock_skew_limit_s * 1e3)
+                      for _ in self.cameras]
         self.camera_infos = CameraInfoPairer(len(self.cameras), camera_info_timeout_s)
         self._unmatched_logged = [0] * len(self.cameras)
         self._slots = LatestFrameSlots(len(self.cameras))
@@ -483,7 +486,11 @@ class FrameWorker:
             self.sink.publish(result)
             result.timing.publish_ms = (time.perf_counter() - t0) * 1e3
             latency_ms = (self.clock_ns() - stamp_ns(result.header)) / 1e6
-            self.stats[result.camera].record_output(result.timing.total_ms, latency_ms)
+            if not self.stats[result.camera].record_output(result.timing.total_ms, latency_ms):
+                self._log((result.camera, "clock_skew"),
+                          f"camera '{self.cameras[result.camera]}': header stamp is {abs(latency_ms) / 1e3:.3g} s "
+                          f"{'behind' if latency_ms > 0 else 'ahead of'} the node's clock: counted as clock skew, "
+                          "left out of latency (check the camera's clock sync, or use_sim_time)")
             for info in self.camera_infos.add_frame(result.camera, result.header, result.input_size,
                                                     result.labels.data.shape[:2]):
                 self.sink.publish_camera_info(result.camera, info)

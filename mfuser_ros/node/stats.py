@@ -46,6 +46,9 @@ class CameraSnapshot:
     errors: int
     recent_errors: int
     last_error: str
+    clock_skew: int = 0  # outputs whose stamp was further than the limit from the node's clock (not in latency)
+    recent_clock_skew: int = 0
+    last_clock_skew_ms: float = 0.0  # now - stamp of the last such frame (negative: stamped in the future)
 
 
 class CameraStats:
@@ -54,10 +57,14 @@ class CameraStats:
     Args:
         window_s: length of the window for rates and percentiles.
         clock: monotonic clock in seconds (injectable for tests).
+        clock_skew_limit_ms: an output whose latency (now - stamp) is beyond this either way says nothing about
+            latency: the camera's clock (or the node's) is wrong. It is counted as clock skew instead.
     """
 
-    def __init__(self, window_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, window_s: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 clock_skew_limit_ms: float = 60_000.0) -> None:
         self.window_s = window_s
+        self.clock_skew_limit_ms = clock_skew_limit_ms
         self._clock = clock
         self._lock = threading.Lock()
         self._inputs: deque[float] = deque()
@@ -65,6 +72,9 @@ class CameraStats:
         self._processing: deque[tuple[float, float]] = deque()
         self._latency: deque[tuple[float, float]] = deque()
         self._errors: deque[float] = deque()
+        self._skewed: deque[float] = deque()
+        self.clock_skew = 0
+        self.last_clock_skew_ms = 0.0
         self.frames_in = 0
         self.frames_out = 0
         self.dropped = 0
@@ -73,7 +83,7 @@ class CameraStats:
 
     def _trim(self, now: float) -> None:
         start = now - self.window_s
-        for window in (self._inputs, self._outputs, self._errors):
+        for window in (self._inputs, self._outputs, self._errors, self._skewed):
             while window and window[0] < start:
                 window.popleft()
         for window in (self._processing, self._latency):
@@ -89,15 +99,22 @@ class CameraStats:
             self._inputs.append(now)
             self._trim(now)
 
-    def record_output(self, processing_ms: float, latency_ms: float) -> None:
-        """A frame's outputs were published."""
+    def record_output(self, processing_ms: float, latency_ms: float) -> bool:
+        """A frame's outputs were published; False when its latency was clock skew (left out of the statistics)."""
         now = self._clock()
+        counted = abs(latency_ms) <= self.clock_skew_limit_ms
         with self._lock:
             self.frames_out += 1
             self._outputs.append(now)
             self._processing.append((now, processing_ms))
-            self._latency.append((now, latency_ms))
+            if counted:
+                self._latency.append((now, latency_ms))
+            else:
+                self.clock_skew += 1
+                self.last_clock_skew_ms = latency_ms
+                self._skewed.append(now)
             self._trim(now)
+        return counted
 
     def record_error(self, reason: str) -> None:
         """A frame was skipped (malformed message or model failure)."""
@@ -127,6 +144,9 @@ class CameraStats:
                 errors=self.errors,
                 recent_errors=len(self._errors),
                 last_error=self.last_error,
+                clock_skew=self.clock_skew,
+                recent_clock_skew=len(self._skewed),
+                last_clock_skew_ms=self.last_clock_skew_ms,
             )
 
 
@@ -160,6 +180,10 @@ def _level(snap: CameraSnapshot, limits: DiagnosticThresholds, active: bool) -> 
         problems.append(f"latency p95 {snap.latency_p95_ms:.0f} ms >= {limits.latency_warn_ms:.0f} ms")
     if limits.min_output_fps_warn > 0 and snap.input_fps > 0 and snap.output_fps < limits.min_output_fps_warn:
         problems.append(f"output {snap.output_fps:.1f} Hz < {limits.min_output_fps_warn:.1f} Hz")
+    if snap.recent_clock_skew:
+        offset_s = snap.last_clock_skew_ms / 1e3
+        problems.append(f"{snap.recent_clock_skew} frames stamped far from the node's clock (last: "
+                        f"{abs(offset_s):.3g} s {'behind' if offset_s > 0 else 'ahead'}; clock skew, not in latency)")
     if snap.recent_errors:
         problems.append(f"{snap.recent_errors} bad frames in window (last: {snap.last_error})")
     if problems:
@@ -185,6 +209,7 @@ def build_statuses(node_name: str, cameras: list[str], snapshots: list[CameraSna
             "frames_out": str(snap.frames_out),
             "dropped": str(snap.dropped),
             "errors": str(snap.errors),
+            "clock_skew": str(snap.clock_skew),
         }
         statuses.append(DiagnosticStatusData(level, f"{node_name}: {camera or '/'} segmentation", message,
                                              node_name, values))

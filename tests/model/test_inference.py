@@ -54,3 +54,38 @@ def test_whole_mode_segmenter_matches_the_full_resolution_path():
     result = seg.segment(image)
     assert (result.labels == labels.numpy()).mean() > 0.9999
     np.testing.assert_allclose(result.confidence, (best / scores.sum(dim=0)).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize(("size", "box", "enlarge", "expected"), [
+    ((1080, 1920), (2048, 1024), False, (1024, 1820)),  # the paper's box: long edge <= 2048, short <= 1024
+    ((4096, 4096), (2048, 1024), False, (1024, 1024)),
+    ((1920, 1080), (2048, 1024), False, (1820, 1024)),  # a portrait camera: the box turns with it
+    ((480, 640), (2048, 1024), False, (480, 640)),  # smaller images are not enlarged by default...
+    ((480, 640), (2048, 1024), True, (1024, 1365)),  # ...unless asked (the paper's protocol)
+    ((720, 1280), (1280, 720), False, (720, 1280)),
+])
+def test_network_size_fits_the_box_keeping_the_aspect_ratio(size, box, enlarge, expected):
+    seg = Segmenter(build_model("tiny-eva02"), input_box=box, enlarge=enlarge)
+    assert seg.network_size(*size) == expected
+
+
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+def test_big_images_run_at_the_network_size_and_labels_come_back_at_theirs(mode):
+    torch.manual_seed(0)
+    model = build_model("tiny-eva02")
+    seen = []
+    for name in ("predict", "predict_lowres"):
+        real = getattr(model, name)
+        setattr(model, name, lambda x, real=real: seen.append(tuple(x.shape[-2:])) or real(x))
+    bounded = Segmenter(model, mode=mode, crop_size=112, stride=84, input_box=(112, 84))
+    image = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    result = bounded.segment(image)
+    assert result.labels.shape == (300, 400)
+    assert max(h for h, _ in seen) <= 112 and max(w for _, w in seen) <= 112, seen
+    # Exactly: resize to the network size (bilinear), segment that, labels resampled to the image's size.
+    import cv2
+
+    plain = Segmenter(model, mode=mode, crop_size=112, stride=84)
+    small = cv2.resize(image, (112, 84), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(result.labels, plain.segment(small, output_size=(300, 400)).labels)
+    assert bounded.segment(image, output_size=(30, 40)).labels.shape == (30, 40)

@@ -142,7 +142,8 @@ def test_model_failure_skips_that_batch_and_counts_an_error(tiny_model, msgs, sc
     spy = CountingSegmenter(tiny_model.pipeline.segmenter, fail_calls={1})
     logged = []
     sink = CollectingSink()
-    worker = FrameWorker(SegmentationPipeline(spy), ["front"], sink, warn=logged.append)
+    worker = FrameWorker(SegmentationPipeline(spy), ["front"], sink, warn=logged.append,
+                         clock_ns=lambda: 13 * 10**9)  # near the messages' stamps (12 s): no clock skew
     msg = msgs.image(scene(48, 64), "rgb8")
     worker.submit(0, msg)
     worker.run_once()
@@ -329,3 +330,41 @@ def test_a_rejected_message_counts_as_input_and_error(tiny_model):
     snap = worker.stats[0].snapshot()
     assert (snap.frames_in, snap.errors, snap.last_error) == (1, 1, "malformed")
     assert logged == ["camera 'front': message skipped: cannot deserialize"]
+
+
+def test_a_frame_stamped_at_the_epoch_is_clock_skew_not_latency(tiny_model, msgs, scene):
+    logged = []
+    now_ns = 1_700_000_000 * 10**9
+    worker = FrameWorker(SegmentationPipeline(tiny_model.pipeline.segmenter), ["front"], CollectingSink(),
+                         clock_ns=lambda: now_ns, warn=logged.append)
+    worker.submit(0, msgs.image(scene(48, 64), "rgb8", header=msgs.header(sec=1_700_000_000 - 1, nanosec=0)))
+    worker.run_once()
+    worker.submit(0, msgs.image(scene(48, 64), "rgb8", header=msgs.header(sec=0, nanosec=0)))
+    worker.run_once()
+    snap = worker.stats[0].snapshot()
+    assert (snap.frames_out, snap.clock_skew) == (2, 1)
+    assert snap.latency_p95_ms == pytest.approx(1000.0)
+    (status,) = worker.statuses("/seg", DiagnosticThresholds())
+    assert status.level != ERROR
+    assert logged == ["camera 'front': header stamp is 1.7e+09 s behind the node's clock: counted as clock skew, "
+                      "left out of latency (check the camera's clock sync, or use_sim_time)"]
+
+
+def test_a_small_png_of_a_huge_image_runs_at_the_network_size(msgs):
+    """Issue 12's starving frame: 4096x4096 pixels in a few KB. The model sees the network size, not 16 Mpx."""
+    from mfuser_ros.node.config import NodeConfig
+    from mfuser_ros.node.model_loader import load_model
+
+    config = NodeConfig(warmup=False, network_image_width=128, network_image_height=128)
+    loaded = load_model(config)
+    spy = CountingSegmenter(loaded.pipeline.segmenter)
+    seen = []
+    model = loaded.pipeline.segmenter.model
+    real = model.predict_lowres
+    model.predict_lowres = lambda x: seen.append(tuple(x.shape[-2:])) or real(x)
+    pipeline = SegmentationPipeline.from_config(config, spy)
+    bomb = msgs.compressed(np.full((4096, 4096, 3), 90, np.uint8), "png")
+    assert bomb.data.size < 100_000
+    out = pipeline.process(bomb)
+    assert (out.labels.height, out.labels.width) == (4096, 4096), "labels at the requested (here: input) size"
+    assert seen == [(140, 140)], "128x128, padded to a multiple of two patches (28)"

@@ -72,4 +72,24 @@ def test_status_names_the_node_and_camera_and_lists_every_statistic():
     assert status.name == "/seg: front segmentation"
     assert status.hardware_id == "/seg"
     assert set(status.values) == {"input_fps", "output_fps", "processing_ms", "latency_p50_ms", "latency_p95_ms",
-                                  "frames_in", "frames_out", "dropped", "errors"}
+                                  "frames_in", "frames_out", "dropped", "errors", "clock_skew"}
+
+
+def test_stamps_far_from_the_clock_are_counted_as_clock_skew_and_kept_out_of_latency():
+    clock = FakeClock()
+    stats = CameraStats(window_s=5.0, clock=clock, clock_skew_limit_ms=60_000.0)
+    for _ in range(10):
+        stats.record_input(False)
+    for latency in (20.0, 40.0):
+        assert stats.record_output(1.0, latency) is True
+    epoch_ms = 1.8e12  # a frame stamped sec=0 by a camera that never set its clock
+    assert stats.record_output(1.0, epoch_ms) is False
+    assert stats.record_output(1.0, -120_000.0) is False  # two minutes in the future
+    snap = stats.snapshot()
+    assert (snap.frames_out, snap.clock_skew, snap.recent_clock_skew) == (4, 2, 2)
+    assert snap.last_clock_skew_ms == -120_000.0
+    assert snap.latency_p95_ms == pytest.approx(39.0)
+    (status,) = build_statuses("/seg", ["front"], [snap], LIMITS)
+    assert status.level == WARN, "clock skew warns; it must not hold the camera at ERROR"
+    assert "2 frames stamped far from the node's clock" in status.message
+    assert status.values["clock_skew"] == "2"
