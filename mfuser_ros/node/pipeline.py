@@ -411,12 +411,16 @@ class FrameWorker:
         self.stats[camera].record_error(kind)
         self._log((camera, kind), f"camera '{self.cameras[camera]}': message skipped: {reason}")
 
+    def reject_camera_info(self, camera: int, reason: str) -> None:
+        """A CameraInfo that cannot be used: logged (throttled); frames go on without it."""
+        self._log((camera, "camera_info"), f"camera '{self.cameras[camera]}': CameraInfo skipped: {reason}")
+
     def submit_camera_info(self, camera: int, msg: Any) -> None:
         """CameraInfo subscription callback body: pair it with its frame (publishing it if that frame is done)."""
         try:
             infos = self.camera_infos.add_info(camera, msg)
         except FrameError as err:
-            self._log((camera, "camera_info"), f"camera '{self.cameras[camera]}': CameraInfo skipped: {err}")
+            self.reject_camera_info(camera, str(err))
             return
         for info in infos:
             self.sink.publish_camera_info(camera, info)
