@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from mfuser_ros.errors import FrameError
+from mfuser_ros.errors import FrameError, clip
 from mfuser_ros.node.conversions import stamp_ns
 
 __all__ = [
@@ -80,7 +80,7 @@ def _floats(msg: Any, name: str, size: int | None) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in value)
     except (TypeError, ValueError) as err:
-        msg_ = f"camera_info: field {name!r} is not a list of numbers ({err})"
+        msg_ = f"camera_info: field {name!r} is not a list of numbers ({clip(str(err))})"
         raise FrameError(msg_) from None
     if size is not None and len(values) != size:
         msg_ = f"camera_info: {name!r} has {len(values)} values, expected {size}"
@@ -106,8 +106,8 @@ def camera_info_from_message(msg: Any) -> CameraInfoData:
             binning_y=int(msg.binning_y),
             roi=RegionOfInterestData(int(roi.x_offset), int(roi.y_offset), int(roi.height), int(roi.width),
                                      bool(roi.do_rectify)) if roi is not None else RegionOfInterestData())
-    except AttributeError as err:
-        msg_ = f"camera_info: not a sensor_msgs/CameraInfo ({err})"
+    except (AttributeError, TypeError, ValueError) as err:
+        msg_ = f"camera_info: not a sensor_msgs/CameraInfo ({clip(str(err))})"
         raise FrameError(msg_) from None
 
 

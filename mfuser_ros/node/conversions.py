@@ -16,6 +16,7 @@ is a malformed frame, not a picture with grey blocks. The EXIF orientation is ap
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ __all__ = [
     "CompressedOutput",
     "ImageLimits",
     "OutputImage",
+    "check_message",
     "compressed_size",
     "compressed_to_rgb",
     "confidence_to_mono8",
@@ -160,6 +162,29 @@ def image_to_rgb(msg: Any, limits: ImageLimits = ImageLimits()) -> np.ndarray:
         FrameError: unknown encoding, zero or oversized image, step smaller than a row, truncated data,
             odd width for YUV 4:2:2.
     """
+    layout = _raw_layout(msg, limits)
+    rows = layout.data[: layout.step * layout.height].reshape(layout.height, layout.step)[:, : layout.row]
+    pixels = rows if layout.channels == 1 else rows.reshape(layout.height, layout.width, layout.channels)
+    if layout.conversion is None:
+        return pixels
+    return cv2.cvtColor(pixels, layout.conversion)
+
+
+@dataclass(frozen=True)
+class _RawLayout:
+    """A sensor_msgs/Image whose declared sizes were all checked against each other and its payload."""
+
+    encoding: str
+    channels: int
+    conversion: int | None
+    height: int
+    width: int
+    step: int
+    row: int
+    data: np.ndarray
+
+
+def _raw_layout(msg: Any, limits: ImageLimits) -> _RawLayout:
     encoding = str(msg.encoding)
     if encoding not in _ENCODINGS:
         msg_ = f"unsupported encoding '{clip(encoding)}'; supported: {', '.join(SUPPORTED_ENCODINGS)}"
@@ -179,11 +204,7 @@ def image_to_rgb(msg: Any, limits: ImageLimits = ImageLimits()) -> np.ndarray:
     if data.size < need:
         msg_ = f"image ({encoding}): data has {data.size} bytes, step*height needs {need} (truncated)"
         raise FrameError(msg_)
-    rows = data[:need].reshape(height, step)[:, :row]
-    pixels = rows if channels == 1 else rows.reshape(height, width, channels)
-    if conversion is None:
-        return pixels
-    return cv2.cvtColor(pixels, conversion)
+    return _RawLayout(encoding, channels, conversion, height, width, step, row, data)
 
 
 def compressed_size(data: np.ndarray) -> tuple[str, int, int]:
@@ -294,6 +315,17 @@ def _decode_png(data: np.ndarray) -> np.ndarray:
     return rgb
 
 
+def _compressed_layout(msg: Any, limits: ImageLimits) -> tuple[np.ndarray, str, int, int]:
+    """(payload, kind, width, height) of a CompressedImage whose header was read and checked against ``limits``."""
+    data = _payload(msg.data)
+    if data.size == 0:
+        msg_ = "compressed image: empty data"
+        raise FrameError(msg_)
+    kind, width, height = compressed_size(data)
+    _check_size(width, height, limits, f"compressed image ({kind})")
+    return data, kind, width, height
+
+
 def compressed_to_rgb(msg: Any, limits: ImageLimits = ImageLimits()) -> np.ndarray:
     """Decode a sensor_msgs/CompressedImage (JPEG or PNG, any ``format`` string) to (H, W, 3) uint8 RGB.
 
@@ -303,12 +335,7 @@ def compressed_to_rgb(msg: Any, limits: ImageLimits = ImageLimits()) -> np.ndarr
     Raises:
         FrameError: empty, not PNG/JPEG, oversized, or corrupt payload.
     """
-    data = _payload(msg.data)
-    if data.size == 0:
-        msg_ = "compressed image: empty data"
-        raise FrameError(msg_)
-    kind, width, height = compressed_size(data)
-    _check_size(width, height, limits, f"compressed image ({kind})")
+    data, kind, width, height = _compressed_layout(msg, limits)
     rgb = _decode_jpeg(data, _jpeg_header(data)[2]) if kind == "jpeg" else _decode_png(data)
     # An EXIF orientation (applied as OpenCV and rosbags-image apply it) may swap the two sides.
     if rgb.shape[:2] not in ((height, width), (width, height)):
@@ -324,10 +351,24 @@ def message_to_rgb(msg: Any, limits: ImageLimits = ImageLimits()) -> np.ndarray:
         FrameError: for anything that does not decode, including objects that are not image messages at all (a
             transport's invalid sample, a field of the wrong type): every failure is this one frame's.
     """
+    return _untrusted(msg, lambda: compressed_to_rgb(msg, limits) if hasattr(msg, "format")
+                      else image_to_rgb(msg, limits))
+
+
+def check_message(msg: Any, limits: ImageLimits = ImageLimits()) -> None:
+    """Every check :func:`message_to_rgb` makes before touching pixels: the declared sizes against the limits and
+    the payload (raw), the PNG/JPEG header (compressed). Cheap (no decoding), so a transport can refuse a message
+    that is malformed on its face before it takes a camera's latest-frame slot from a good one.
+
+    Raises:
+        FrameError: the message cannot decode.
+    """
+    _untrusted(msg, lambda: _compressed_layout(msg, limits) if hasattr(msg, "format") else _raw_layout(msg, limits))
+
+
+def _untrusted(msg: Any, work: Callable[[], Any]) -> Any:
     try:
-        if hasattr(msg, "format"):
-            return compressed_to_rgb(msg, limits)
-        return image_to_rgb(msg, limits)
+        return work()
     except FrameError:
         raise
     except Exception as err:  # untrusted input: whatever breaks, it is this message's fault

@@ -384,39 +384,40 @@ def to_dds_diagnostics(statuses: list[DiagnosticStatusData], now_ns: int) -> Dia
 
 # ---- the node ------------------------------------------------------------------------------------------------
 
-def take_samples(reader: DataReader, camera: int, worker: FrameWorker, warn: Callable[[str], None] = print) -> int:
-    """Move everything queued on ``reader`` into ``worker`` (camera ``camera``); returns the samples submitted.
+# Most samples one data-available callback takes (a keep-last reader holds a few; the bound keeps a flood from
+# pinning Cyclone's listener thread).
+_MAX_TAKES = 256
 
-    Each newer sample replaces the older one in the camera's latest slot (a counted drop). One sample per take:
-    cyclonedds deserializes all samples of a take before returning, so one that cannot be deserialized (a string
-    that is not UTF-8, a cut buffer) raises out of ``take`` and would lose its neighbours. Taken alone, only it is
-    lost, and it is counted as a malformed input. Invalid samples (no data: a publisher went away, or disposed or
-    unregistered its instance) are state changes, not frames, and are skipped.
+
+def take_samples(reader: DataReader, deliver: Callable[[Any], None], reject: Callable[[str], None],
+                 warn: Callable[[str], None] = print) -> int:
+    """Hand every sample queued on ``reader`` to ``deliver``; returns how many were delivered.
+
+    One sample per take: cyclonedds deserializes all samples of a take before returning, so one that cannot be
+    deserialized (a string that is not UTF-8, a cut buffer) raises out of ``take`` and would lose its neighbours.
+    Taken alone, only it is lost, and ``reject`` gets the reason. Invalid samples (no data: a publisher went away,
+    or disposed or unregistered its instance) are state changes, not messages, and are skipped.
     """
-    submitted = 0
+    delivered = 0
     for _ in range(_MAX_TAKES):
         try:
             samples = reader.take(N=1)
         except DDSException as err:
-            warn(f"camera '{worker.cameras[camera]}': reader failed: {clip(str(err), 200)}")
+            warn(f"reader of {reader.topic.name}: take failed: {clip(str(err), 200)}")
             break
         except Exception as err:  # the sample's own bytes: whatever they break, only this sample is lost
-            worker.reject(camera, "malformed",
-                          f"cannot deserialize the sample: {type(err).__name__}: {clip(str(err), 200)}")
+            reject(f"cannot deserialize the sample: {type(err).__name__}: {clip(str(err), 200)}")
             continue
         if not samples:
             break
         if not isinstance(samples[0], InvalidSample):
-            worker.submit(camera, samples[0])
-            submitted += 1
-    return submitted
+            deliver(samples[0])
+            delivered += 1
+    return delivered
 
 
 _KINDS = ("labels", "color", "overlay", "confidence")
 _COMPRESSED_KINDS = ("labels", "color", "overlay")  # <kind>/compressed (image_transport naming)
-# Most samples one data-available callback takes (a keep-last reader holds a few; the bound keeps a flood from
-# pinning Cyclone's listener thread).
-_MAX_TAKES = 256
 
 
 class _DdsSink:
@@ -514,14 +515,16 @@ class DdsSegmentationNode:
         self._diag_thread: threading.Thread | None = None
 
     def _on_data(self, camera: int) -> "Callable[[DataReader], None]":
+        # Each newer frame replaces the older one in the camera's latest slot (a counted drop).
         def callback(reader: DataReader) -> None:
-            take_samples(reader, camera, self.worker, self._warn)
+            take_samples(reader, lambda sample: self.worker.submit(camera, sample),
+                         lambda reason: self.worker.reject(camera, "malformed", reason), self._warn)
         return callback
 
     def _on_camera_info(self, camera: int) -> "Callable[[DataReader], None]":
         def callback(reader: DataReader) -> None:
-            for sample in reader.take(N=16):
-                self.worker.submit_camera_info(camera, sample)
+            take_samples(reader, lambda sample: self.worker.submit_camera_info(camera, sample),
+                         lambda reason: self.worker.reject_camera_info(camera, reason), self._warn)
         return callback
 
     def start(self) -> None:

@@ -28,6 +28,7 @@ from mfuser_ros.node.conversions import (
     CompressedOutput,
     ImageLimits,
     OutputImage,
+    check_message,
     confidence_to_mono8,
     encode_jpeg_bgr8,
     encode_png_mono8,
@@ -125,6 +126,14 @@ class FrameFailure:
     reason: str
 
 
+def _check_stamp(msg: Any) -> None:
+    try:
+        stamp_ns(msg.header)
+    except Exception as err:  # any object can arrive here; none may stop the worker
+        reason = f"message without a readable header stamp ({type(err).__name__}: {clip(str(err))})"
+        raise FrameError(reason) from err
+
+
 class SegmentationPipeline:
     """Decode, segment and encode frames; no threads, no transport.
 
@@ -160,17 +169,19 @@ class SegmentationPipeline:
                    output_size=config.output_size, overlay_alpha=config.overlay_alpha, palette=palette,
                    max_batch=config.max_batch, png_level=config.png_level, jpeg_quality=config.jpeg_quality)
 
+    def check(self, msg: Any) -> None:
+        """The cheap checks of :meth:`decode` (declared sizes, payload length, compressed header, header stamp),
+        without decoding. Raises FrameError on a message that is malformed on its face."""
+        check_message(msg, self.limits)
+        _check_stamp(msg)
+
     def decode(self, msg: Any) -> np.ndarray:
         """Image or CompressedImage -> (H, W, 3) uint8 RGB. Raises FrameError on a malformed message.
 
         The header is checked too: every output carries it and latency reads its stamp.
         """
         rgb = message_to_rgb(msg, self.limits)
-        try:
-            stamp_ns(msg.header)
-        except Exception as err:  # any object can arrive here; none may stop the worker
-            reason = f"message without a readable header stamp ({type(err).__name__}: {clip(str(err))})"
-            raise FrameError(reason) from err
+        _check_stamp(msg)
         return rgb
 
     def encode(self, camera: int, header: Any, rgb: np.ndarray, result: Any, wanted: Wanted,
@@ -389,21 +400,36 @@ class FrameWorker:
         self.busy = False  # a batch is in the model right now (shutdown logs that it waits for it)
 
     def submit(self, camera: int, msg: Any) -> None:
-        """Subscription callback body: keep ``msg`` as the camera's newest frame; O(1), never blocks on the model."""
+        """Subscription callback body: keep ``msg`` as the camera's newest frame; never blocks on the model.
+
+        A message that is malformed on its face (sizes, payload length, compressed header, stamp: the pipeline's
+        cheap :meth:`~SegmentationPipeline.check`, no decoding) is counted and skipped here, so it never takes the
+        slot from a good frame still waiting in it: a flood of bad messages cannot starve a camera.
+        """
+        if self.pipeline is not None:
+            try:
+                self.pipeline.check(msg)
+            except FrameError as err:
+                self.reject(camera, "malformed", str(err))
+                return
         self.stats[camera].record_input(self._slots.put(camera, msg))
 
     def reject(self, camera: int, kind: str, reason: str) -> None:
-        """A message the transport could not even turn into a sample (e.g. undecodable CDR): an input and an error."""
+        """A message that never becomes a frame (malformed on its face, undecodable CDR): an input and an error."""
         self.stats[camera].record_input(False)
         self.stats[camera].record_error(kind)
-        self._log((camera, kind), f"camera '{self.cameras[camera]}': message skipped: {reason}")
+        self._log((camera, kind), f"camera '{self.cameras[camera]}': frame skipped: {reason}")
+
+    def reject_camera_info(self, camera: int, reason: str) -> None:
+        """A CameraInfo that cannot be used: logged (throttled); frames go on without it."""
+        self._log((camera, "camera_info"), f"camera '{self.cameras[camera]}': CameraInfo skipped: {reason}")
 
     def submit_camera_info(self, camera: int, msg: Any) -> None:
         """CameraInfo subscription callback body: pair it with its frame (publishing it if that frame is done)."""
         try:
             infos = self.camera_infos.add_info(camera, msg)
         except FrameError as err:
-            self._log((camera, "camera_info"), f"camera '{self.cameras[camera]}': CameraInfo skipped: {err}")
+            self.reject_camera_info(camera, str(err))
             return
         for info in infos:
             self.sink.publish_camera_info(camera, info)

@@ -448,7 +448,8 @@ def test_one_undecodable_sample_in_a_take_loses_only_itself(monkeypatch):
         plain_reader.take(N=16)
     logged = []
     worker = FrameWorker(None, ["front"], sink=None, warn=logged.append)
-    assert take_samples(our_reader, 0, worker) == 2
+    assert take_samples(our_reader, lambda sample: worker.submit(0, sample),
+                        lambda reason: worker.reject(0, "malformed", reason)) == 2
     snap = worker.stats[0].snapshot()
     assert (snap.frames_in, snap.dropped, snap.errors, snap.last_error) == (3, 1, 1, "malformed")
     ((_, newest),) = worker._slots.take(0.0)

@@ -329,7 +329,7 @@ def test_a_rejected_message_counts_as_input_and_error(tiny_model):
     worker.reject(0, "malformed", "cannot deserialize")
     snap = worker.stats[0].snapshot()
     assert (snap.frames_in, snap.errors, snap.last_error) == (1, 1, "malformed")
-    assert logged == ["camera 'front': message skipped: cannot deserialize"]
+    assert logged == ["camera 'front': frame skipped: cannot deserialize"]
 
 
 def test_a_frame_stamped_at_the_epoch_is_clock_skew_not_latency(tiny_model, msgs, scene):
@@ -368,3 +368,18 @@ def test_a_small_png_of_a_huge_image_runs_at_the_network_size(msgs):
     out = pipeline.process(bomb)
     assert (out.labels.height, out.labels.width) == (4096, 4096), "labels at the requested (here: input) size"
     assert seen == [(140, 140)], "128x128, padded to a multiple of two patches (28)"
+
+
+def test_a_malformed_message_does_not_push_a_waiting_good_frame_out_of_its_slot(tiny_model, msgs, scene):
+    sink = CollectingSink()
+    worker = FrameWorker(SegmentationPipeline(tiny_model.pipeline.segmenter), ["front"], sink, warn=lambda _m: None)
+    worker.submit(0, msgs.image(scene(48, 64), "rgb8", header=msgs.header(sec=5)))
+    for change in ({"step": 3}, {"encoding": "x" * 10_000}, {"height": 100_000}, {"data": b""}):
+        bad = msgs.image(scene(48, 64), "rgb8", header=msgs.header(sec=6))
+        for name, value in change.items():
+            setattr(bad, name, value)
+        worker.submit(0, bad)
+    assert worker.run_once() == 1
+    assert [o.header.stamp.sec for o in sink.published] == [5]
+    snap = worker.stats[0].snapshot()
+    assert (snap.frames_in, snap.dropped, snap.errors, snap.frames_out) == (5, 0, 4, 1)
