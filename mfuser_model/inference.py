@@ -14,6 +14,7 @@ To run the decode head on onnxruntime or TensorRT, build the Segmenter with
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
@@ -322,6 +323,27 @@ def _pixels_of_cells(cells: tuple[np.ndarray, np.ndarray], y0: np.ndarray, x0: n
     return row_start[ci][cell] + offset // cols_of, col_start[cj][cell] + offset % cols_of
 
 
+_BORDER_PIXELS_PER_PASS = 1 << 20
+
+
+def _cell_groups(ci: np.ndarray, cj: np.ndarray, y0: np.ndarray, x0: np.ndarray, h: int, w: int,
+                 max_pixels: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(ci, cj)`` split into consecutive groups of cells that cover at most about ``max_pixels`` output pixels."""
+    rows = np.bincount(y0, minlength=h)[ci]
+    cols = np.bincount(x0, minlength=w)[cj]
+    ends = np.cumsum(rows * cols)
+    cuts = np.searchsorted(ends, np.arange(max_pixels, int(ends[-1]) if len(ends) else 0, max_pixels), "right")
+    bounds = [0, *cuts.tolist(), len(ci)]
+    return [(ci[a:b], cj[a:b]) for a, b in itertools.pairwise(bounds) if b > a]
+
+
+def _bilinear_plane(plane: np.ndarray, y0: np.ndarray, y1: np.ndarray, ly: np.ndarray, x0: np.ndarray,
+                   x1: np.ndarray, lx: np.ndarray) -> np.ndarray:
+    """One (h, w) plane resampled bilinearly at the source rows/columns of :func:`_source_index`."""
+    rows = np.take(plane, y0, axis=0) * (1 - ly)[:, None] + np.take(plane, y1, axis=0) * ly[:, None]
+    return np.take(rows, x0, axis=1) * (1 - lx) + np.take(rows, x1, axis=1) * lx
+
+
 def labels_from_lowres(scores: torch.Tensor, image_size: tuple[int, int], padded_size: tuple[int, int],
                        out_size: tuple[int, int], *, with_confidence: bool = True) -> SegmentationResult:
     """Labels (and confidence) at ``out_size`` from low-resolution scores, without upsampling all K channels.
@@ -357,25 +379,26 @@ def labels_from_lowres(scores: torch.Tensor, image_size: tuple[int, int], padded
     uniform = (low_labels == below) & (low_labels == np.take(low_labels, right, axis=1)) & (
         low_labels == np.take(below, right, axis=1))
     labels = np.take(np.take(low_labels, y0, axis=0), x0, axis=1)
-    ys, xs = _pixels_of_cells(np.nonzero(~uniform), y0, x0, h, w)
+    border_ci, border_cj = np.nonzero(~uniform)
     # Channels-last table, so each corner gather reads K contiguous floats.
     table = np.ascontiguousarray(s.transpose(1, 2, 0)).reshape(h * w, k)
-    wy, wx = ly[ys, None], lx[xs, None]
-    r0, r1, c0, c1 = y0[ys] * w, y1[ys] * w, x0[xs], x1[xs]
-    mixed = (1 - wy) * ((1 - wx) * np.take(table, r0 + c0, axis=0) + wx * np.take(table, r0 + c1, axis=0)) + wy * (
-        (1 - wx) * np.take(table, r1 + c0, axis=0) + wx * np.take(table, r1 + c1, axis=0))  # (N, K)
-    labels[ys, xs] = mixed.argmax(axis=1)
+    if with_confidence:
+        best = _bilinear_plane(best_low, y0, y1, ly, x0, x1, lx)
+        total = _bilinear_plane(s.sum(axis=0), y0, y1, ly, x0, x1, lx)
+    # Border pixels in bounded groups: on a noisy 4096x4096 output nearly every pixel is a border pixel, and one
+    # (N, K) float block per corner would take gigabytes.
+    for cells in _cell_groups(border_ci, border_cj, y0, x0, h, w, _BORDER_PIXELS_PER_PASS):
+        ys, xs = _pixels_of_cells(cells, y0, x0, h, w)
+        wy, wx = ly[ys, None], lx[xs, None]
+        r0, r1, c0, c1 = y0[ys] * w, y1[ys] * w, x0[xs], x1[xs]
+        mixed = (1 - wy) * ((1 - wx) * np.take(table, r0 + c0, axis=0) + wx * np.take(table, r0 + c1, axis=0)) + (
+            wy * ((1 - wx) * np.take(table, r1 + c0, axis=0) + wx * np.take(table, r1 + c1, axis=0)))  # (N, K)
+        labels[ys, xs] = mixed.argmax(axis=1)
+        if with_confidence:
+            best[ys, xs] = mixed.max(axis=1)
+            total[ys, xs] = mixed.sum(axis=1)
     if not with_confidence:
         return SegmentationResult(labels, np.zeros((0, 0), np.float32))
-
-    def bilinear(plane: np.ndarray) -> np.ndarray:
-        rows = np.take(plane, y0, axis=0) * (1 - ly)[:, None] + np.take(plane, y1, axis=0) * ly[:, None]
-        return np.take(rows, x0, axis=1) * (1 - lx) + np.take(rows, x1, axis=1) * lx
-
-    best = bilinear(best_low)
-    total = bilinear(s.sum(axis=0))
-    best[ys, xs] = mixed.max(axis=1)
-    total[ys, xs] = mixed.sum(axis=1)
     confidence = np.clip(best / np.maximum(total, np.float32(1e-12)), 0.0, 1.0, dtype=np.float32)
     return SegmentationResult(labels, confidence)
 

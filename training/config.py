@@ -57,7 +57,9 @@ class DatasetSpec:
     kind: DatasetKind
     root: str
     name: str = ""
-    split: str | None = None  # default per kind: train for sources, val (validation for Mapillary) for targets
+    # default per kind: train for sources, val (validation for Mapillary) for targets; GTAV: all images, or one
+    # RobustNet split folder (train, valid, test)
+    split: str | None = None
     scale: tuple[int, int] | Literal["auto", "native"] = "auto"
     max_images: int | None = None  # evaluate on the first N images only (quick checks)
     synthetic: SyntheticSpec | None = None  # rendered into ``root`` when missing and data.generate_if_missing

@@ -12,7 +12,7 @@ Layouts (root-relative):
 
 | class | images | labels |
 |---|---|---|
-| GTAVDataset | ``images/*.png`` | ``labels/<name>.png`` (labelIds) or ``labels/<name>_labelTrainIds.png`` |
+| GTAVDataset | ``images/*.png`` or ``images/<split>/*.png`` | ``labels/[<split>/]<name>.png`` (labelIds) or ``..._labelTrainIds.png`` |
 | SynthiaDataset | ``RGB/*.png`` | ``GT/LABELS/<name>.png`` (16-bit, class in R = cv2's last channel) |
 | CityscapesDataset | ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` | ``gtFine/<split>/<city>/*_gtFine_labelTrainIds.png`` or ``*_gtFine_labelIds.png`` |
 | BDD100KDataset | ``images/10k/<split>/*.jpg`` | ``labels/sem_seg/masks/<split>/<name>.png`` (train ids) or ``colormaps/`` |
@@ -222,18 +222,40 @@ def _decode_cityscapes_ids(path: Path, train_ids: bool) -> np.ndarray:
     return (_IDENTITY_LUT if train_ids else _CITYSCAPES_LUT)[raw.astype(np.uint8, copy=False)]
 
 
+_GTAV_SPLITS = {"train": "train", "val": "valid", "valid": "valid", "test": "test"}
+
+
 class GTAVDataset(SegmentationDataset):
     """GTAV (Playing for Data): ``images/*.png`` with ``labels/*.png`` labelIds (palette PNGs) or converted
-    ``labels/*_labelTrainIds.png``; the kind is detected from the label folder."""
+    ``labels/*_labelTrainIds.png``; the kind is detected from the label folder.
 
-    def __init__(self, root: str | Path, **kwargs: Any) -> None:
+    The RobustNet split (as RobustNet and TLDR ship it) puts both in subfolders, ``images/{train,valid,test}`` and
+    ``labels/{train,valid,test}``. ``split=None`` takes every image under ``images/`` (flat or in subfolders, as
+    MFuser's config does with mmseg's recursive scan: DG training uses all 24,966 frames); ``"train"``,
+    ``"valid"`` (or ``"val"``) or ``"test"`` takes that subfolder only.
+    """
+
+    def __init__(self, root: str | Path, split: str | None = None, **kwargs: Any) -> None:
         super().__init__(root, **kwargs)
         img_dir = self._require_dir(self.root / "images", "GTAV images")
         lbl_dir = self._require_dir(self.root / "labels", "GTAV labels")
-        images = self._list_images(img_dir, "*.png")
-        self.train_ids = next(lbl_dir.glob("*_labelTrainIds.png"), None) is not None
+        if split is not None:
+            if split not in _GTAV_SPLITS:
+                msg = f"GTAV split {split!r} unknown; valid: None (all images), {', '.join(_GTAV_SPLITS)}"
+                raise DatasetError(msg)
+            sub = _GTAV_SPLITS[split]
+            img_dir = self._require_dir(img_dir / sub, f"GTAV images/{sub}")
+            lbl_dir = self._require_dir(lbl_dir / sub, f"GTAV labels/{sub}")
+        self.split = split
+        # Flat folders hold only images; split folders hold one level of subfolders. rglob reads both.
+        images = self._list_images(img_dir, "*.png", recursive=True)
+        self.train_ids = next(lbl_dir.rglob("*_labelTrainIds.png"), None) is not None
         suffix = "_labelTrainIds.png" if self.train_ids else ".png"
-        self._pair(images, lambda p: lbl_dir / f"{p.stem}{suffix}", [p.stem for p in images], img_dir)
+
+        def label_of(p: Path) -> Path:
+            return lbl_dir / p.parent.relative_to(img_dir) / f"{p.stem}{suffix}"
+
+        self._pair(images, label_of, [p.stem for p in images], img_dir)
 
     def _decode_label(self, path: Path) -> np.ndarray:
         return _decode_cityscapes_ids(path, self.train_ids)

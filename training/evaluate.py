@@ -85,7 +85,7 @@ def _split(spec: DatasetSpec, role: str) -> str | None:
 def _construct(spec: DatasetSpec, split: str | None, **kwargs: Any) -> SegmentationDataset:
     root = Path(spec.root)
     if spec.kind == "gtav":
-        return GTAVDataset(root, **kwargs)
+        return GTAVDataset(root, split=split, **kwargs)
     if spec.kind == "synthia":
         return SynthiaDataset(root, **kwargs)
     if spec.kind == "cityscapes":

@@ -109,6 +109,48 @@ def test_gtav_converted_train_ids_are_detected(tmp_path):
     np.testing.assert_array_equal(ds[0]["label"], _expected(4, 0, "game"))
 
 
+def _split_gtav(root, splits, train_ids=False):
+    """A RobustNet/TLDR-style GTAV: ``images/<split>/`` and ``labels/<split>/``, frames numbered across splits."""
+    write_gtav(root, sum(splits.values()), (W, H), seed=9, train_ids=train_ids)
+    frames = iter(sorted((root / "images").glob("*.png")))
+    for split, n in splits.items():
+        for sub in ("images", "labels"):
+            (root / sub / split).mkdir()
+        for _ in range(n):
+            img = next(frames)
+            img.rename(root / "images" / split / img.name)
+            for lbl in (root / "labels").glob(f"{img.stem}*.png"):
+                lbl.rename(root / "labels" / split / lbl.name)
+
+
+@pytest.mark.parametrize("train_ids", [False, True])
+def test_gtav_split_subfolders(tmp_path, train_ids):
+    _split_gtav(tmp_path, {"train": 2, "valid": 1, "test": 1}, train_ids)
+    every = GTAVDataset(tmp_path)  # all splits, as MFuser's recursive scan of images/ reads them
+    assert sorted(every.names) == ["00000", "00001", "00002", "00003"] and every.train_ids == train_ids
+    for i, name in enumerate(every.names):
+        np.testing.assert_array_equal(every[i]["label"], _expected(9, int(name), "game"))
+    train = GTAVDataset(tmp_path, split="train")
+    assert train.names == ["00000", "00001"]
+    assert train.labels[1] == tmp_path / "labels" / "train" / ("00001_labelTrainIds.png" if train_ids else "00001.png")
+    assert GTAVDataset(tmp_path, split="val").names == ["00002"]  # RobustNet calls it "valid"
+    np.testing.assert_array_equal(GTAVDataset(tmp_path, split="test")[0]["label"], _expected(9, 3, "game"))
+    with pytest.raises(DatasetError, match="GTAV split 'training' unknown"):
+        GTAVDataset(tmp_path, split="training")
+
+
+def test_gtav_split_through_the_config(tmp_path):
+    from training.config import DatasetSpec
+    from training.evaluate import open_dataset
+
+    _split_gtav(tmp_path, {"train": 1, "valid": 2})
+    assert len(open_dataset(DatasetSpec(kind="gtav", root=str(tmp_path)), role="source")) == 3
+    assert open_dataset(DatasetSpec(kind="gtav", root=str(tmp_path), split="valid")).names == ["00001", "00002"]
+    (tmp_path / "labels" / "valid" / "00002.png").unlink()
+    with pytest.raises(DatasetError, match=r"00002\.png"):
+        GTAVDataset(tmp_path, split="valid")
+
+
 def test_cityscapes_labelids_and_ego_vehicle_ignored(tmp_path):
     write_cityscapes(tmp_path, 3, (W, H), style="fog", split="val", seed=5)
     ds = CityscapesDataset(tmp_path, "val")
