@@ -91,7 +91,8 @@ def _construct(spec: DatasetSpec, split: str | None, **kwargs: Any) -> Segmentat
         return CityscapesDataset(root, split=split or "val", **kwargs)
     if spec.kind == "bdd100k":
         return BDD100KDataset(root, split=split or "val", **kwargs)
-    return MapillaryDataset(root, split=split or "validation", **kwargs)
+    return MapillaryDataset(root, split=split or "validation", version=spec.label_version, mapping=spec.label_map,
+                            **kwargs)
 
 
 def _render(spec: DatasetSpec, root: Path, split: str | None) -> None:
@@ -246,6 +247,7 @@ def evaluate_targets(model: MFuser, targets: Sequence[DatasetSpec], cfg: EvalCon
                                       num_samples=cfg.num_samples)
         metrics = cm.to_dict(class_names)
         metrics["images"] = len(dataset) if spec.max_images is None else min(len(dataset), spec.max_images)
+        metrics["ground_truth"] = dataset.ground_truth_info()
         result = TargetResult(spec.name, cm, metrics)
         results[spec.name] = result
         summary[spec.name] = metrics["mIoU"]
