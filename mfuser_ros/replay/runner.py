@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,6 +33,7 @@ import numpy as np
 
 from mfuser_model.classes import palette_to_hex
 from mfuser_model.errors import MFuserError
+from mfuser_model.inference import InferenceProtocol
 from mfuser_ros.node.camera_info import CameraInfoData
 from mfuser_ros.node.config import NodeConfig, output_topic
 from mfuser_ros.node.conversions import message_to_rgb
@@ -219,6 +220,7 @@ class _Run:
         self.pending: list[OrderedDict[int, tuple[int, BagMessage, int]]] = [OrderedDict() for _ in cameras]
         self.read = [0] * len(cameras)
         self.latency: list[list[float]] = [[] for _ in cameras]
+        self.input_sizes: list[Counter[tuple[int, int]]] = [Counter() for _ in cameras]  # decoded (h, w) -> frames
         self.evaluator = Evaluator(namespaces)
         self.matchers = [StampMatcher() for _ in cameras]
         self.lut = gt_lut(options.gt_format)
@@ -273,6 +275,7 @@ class _Run:
         stamp = stamp_ns(outputs.header)
         labels = outputs.labels.data
         with self.lock:
+            self.input_sizes[camera][tuple(outputs.input_size)] += 1
             times = self.label_times[camera]
             times[stamp] = out_ts
             while len(times) > 256:
@@ -352,6 +355,17 @@ def _resolve_topics(options: ReplayOptions, bag: BagInput) -> tuple[list[str], d
     return cameras, explicit_gt
 
 
+def _frames_short(run: _Run, counts: Sequence[int | None], max_frames: int) -> str | None:
+    """Why a run that read its bag to the end is still incomplete: no camera frame at all, or fewer frames of a
+    camera than the bag's metadata announces (the storage lacks them, or they could not be paired with it)."""
+    if not sum(run.read):
+        return f"no camera frame was read from the bag (camera topics: {', '.join(run.cameras)})"
+    short = [f"{topic}: {read} of the {count} frames the bag's metadata announces were read"
+             for topic, read, count in zip(run.cameras, run.read, counts, strict=True)
+             if count is not None and read < count and not max_frames]
+    return "; ".join(short) or None
+
+
 def _camera_info_summary(run: _Run, worker: FrameWorker, camera: int) -> dict[str, Any] | None:
     """Where the camera's CameraInfo came from and how many frames it was paired with (None: not in the bag)."""
     topics = [t for t, c in run.info_topics.items() if c == camera]
@@ -359,6 +373,14 @@ def _camera_info_summary(run: _Run, worker: FrameWorker, camera: int) -> dict[st
         return None
     counts = worker.camera_infos.values(camera)
     return {"topic": topics[0], **{k.removeprefix("camera_info_"): int(v) for k, v in counts.items()}}
+
+
+def _inference_summary(worker: FrameWorker, sizes: Counter[tuple[int, int]]) -> dict[str, Any] | None:
+    """Mode, window, network input size and windows per frame (None: the segmenter states no protocol)."""
+    protocol = getattr(worker.pipeline.segmenter, "protocol", None)
+    if not isinstance(protocol, InferenceProtocol):
+        return None
+    return {**protocol.record(sizes), "summary": protocol.describe(sizes)}
 
 
 def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: NodeConfig, out_bag: Path,
@@ -382,6 +404,7 @@ def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: Nod
             "metrics": run.evaluator.matrices[ns].to_dict(names) if evaluated else None,
             "latency_ms": latency_summary(run.latency[i]),
             "camera_info": _camera_info_summary(run, worker, i),
+            "inference": _inference_summary(worker, run.input_sizes[i]),
         }
     evaluated_total = sum(run.evaluator.frames.values())
     all_latency = [v for lat in run.latency for v in lat]
@@ -395,7 +418,8 @@ def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: Nod
         "mode": f"realtime (rate {options.rate:g})" if options.realtime else "evaluation (no frame dropped)",
         "model": {"checkpoint": config.checkpoint or None, "preset": config.preset or None, "device": config.device,
                   "precision": config.precision, "inference_mode": config.inference_mode,
-                  "max_batch": config.max_batch},
+                  "max_batch": config.max_batch,
+                  "inference": _inference_summary(worker, sum(run.input_sizes, Counter()))},
         "gt": {"source": str(options.gt_dir) if options.gt_dir else "topics", "format": options.gt_format,
                "topics": {run.cameras[c]: t for t, c in run.gt_topics.items()} if options.gt_dir is None else {}},
         "frames": {"read": sum(run.read), "processed": processed,
@@ -475,6 +499,8 @@ def run_replay(options: ReplayOptions, *, loaded: LoadedModel | None = None,
         player = Player(run, worker, loaded, config)
         try:
             partial, exit_code = _play(bag, run, player, gt_topics, on_frame)
+            if partial is None and (short := _frames_short(run, expected_counts, options.max_frames)):
+                partial, exit_code = short, EXIT_BAG_DAMAGED
         finally:
             worker.stop()
             progress.close()
