@@ -235,6 +235,9 @@ def write_target_report(out_dir: Path, result: TargetResult, class_names: Sequen
     header = f"# {result.name}\n\n"
     if "inference" in result.metrics:
         header += f"Inference: {result.metrics['inference']['summary']}\n\n"
+    if "ground_truth" in result.metrics:
+        gt = result.metrics["ground_truth"]
+        header += f"Ground truth: {gt['labels']}; label map {gt['label_map']} ({gt['label_map_source']})\n\n"
     (out_dir / "iou.md").write_text(f"{header}{table}\n", encoding="utf-8")
     (out_dir / "iou.json").write_text(json.dumps(result.metrics, indent=1), encoding="utf-8")
     if samples:
