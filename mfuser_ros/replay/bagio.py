@@ -132,6 +132,32 @@ def _connection_qos(connections: Sequence[Any]) -> tuple:
     return tuple(dict.fromkeys(profiles))  # one entry per distinct profile, in recording order
 
 
+def _storage_pairs(reader: Any) -> dict[tuple[int, int], list[Any]]:
+    """Connections to read a rosbag2 directory's topics by, where metadata.yaml and the storage disagree on QoS.
+
+    rosbags pairs a metadata.yaml topic with the storage's (mcap channel, sqlite3 ``topics`` row) only when the
+    offered QoS profiles are equal too. ROS 2's own recordings break that: the rosbag2_py talker bags list every QoS
+    duration as 0 in metadata.yaml while the storage holds the rmw's "infinite" {2147483647 s, 4294967295 ns}, and
+    rosbags then reads no message from the directory. rosbag2 reads messages by the storage's topic and type, so
+    do the same: such a topic is read through its storage connections' QoS. Keyed by (id(owner), connection id).
+    """
+    from rosbags.rosbag2.reader import DirectoryReader  # noqa: PLC0415
+
+    pairs: dict[tuple[int, int], list[Any]] = {}
+    for sub in getattr(reader, "readers", ()):
+        directory = getattr(sub, "storage", None)
+        if not isinstance(directory, DirectoryReader):  # a bare .mcap/.db3: its connections are the storage's
+            continue
+        stored = [c for storage in directory.storages for c in storage.connections]  # rosbags 0.11 (pinned)
+        for conn in directory.connections:
+            same = [c for c in stored if c.topic == conn.topic and c.msgtype == conn.msgtype]
+            if same and all(c.ext != conn.ext for c in same):
+                exts = [c.ext for c in same]
+                distinct = [e for i, e in enumerate(exts) if e not in exts[:i]]  # unhashable (lists of Qos)
+                pairs[(id(conn.owner), conn.id)] = [conn._replace(ext=e) for e in distinct]
+    return pairs
+
+
 def _storage_files(path: Path) -> list[Path]:
     """The storage files of a bag path: the file itself, or the .mcap/.db3 files of a rosbag2 directory."""
     if path.is_dir():
@@ -332,6 +358,7 @@ class BagInput:
         self.is_ros2 = self.path.suffix != ".bag"
         self._reader: Any = None
         self._salvage_topics: dict[str, TopicInfo] | None = None
+        self._pairs: dict[tuple[int, int], list[Any]] = {}
         self.salvage_error: str | None = None
 
     def open(self) -> None:
@@ -350,6 +377,7 @@ class BagInput:
             self._salvage_topics = self._scan_salvage(files)
             return
         self._reader = reader
+        self._pairs = _storage_pairs(reader)
         self.is_ros2 = reader.is2
 
     def _scan_salvage(self, files: Sequence[Path]) -> dict[str, TopicInfo]:
@@ -408,7 +436,10 @@ class BagInput:
                 if topic in wanted:
                     yield timestamp, BagMessage(topic, msgtype, raw, self.deserialize(raw, msgtype))
             return
-        connections = [c for c in self._reader.connections if c.topic in wanted]
+        connections = [paired for c in self._reader.connections if c.topic in wanted
+                       for paired in self._pairs.get((id(c.owner), c.id), [c])]
+        if not connections:  # rosbags reads every topic when given none
+            return
         iterator = self._reader.messages(connections=connections)
         while True:
             try:

@@ -355,6 +355,17 @@ def _resolve_topics(options: ReplayOptions, bag: BagInput) -> tuple[list[str], d
     return cameras, explicit_gt
 
 
+def _frames_short(run: _Run, counts: Sequence[int | None], max_frames: int) -> str | None:
+    """Why a run that read its bag to the end is still incomplete: no camera frame at all, or fewer frames of a
+    camera than the bag's metadata announces (the storage lacks them, or they could not be paired with it)."""
+    if not sum(run.read):
+        return f"no camera frame was read from the bag (camera topics: {', '.join(run.cameras)})"
+    short = [f"{topic}: {read} of the {count} frames the bag's metadata announces were read"
+             for topic, read, count in zip(run.cameras, run.read, counts, strict=True)
+             if count is not None and read < count and not max_frames]
+    return "; ".join(short) or None
+
+
 def _camera_info_summary(run: _Run, worker: FrameWorker, camera: int) -> dict[str, Any] | None:
     """Where the camera's CameraInfo came from and how many frames it was paired with (None: not in the bag)."""
     topics = [t for t, c in run.info_topics.items() if c == camera]
@@ -488,6 +499,8 @@ def run_replay(options: ReplayOptions, *, loaded: LoadedModel | None = None,
         player = Player(run, worker, loaded, config)
         try:
             partial, exit_code = _play(bag, run, player, gt_topics, on_frame)
+            if partial is None and (short := _frames_short(run, expected_counts, options.max_frames)):
+                partial, exit_code = short, EXIT_BAG_DAMAGED
         finally:
             worker.stop()
             progress.close()
