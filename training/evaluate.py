@@ -92,7 +92,8 @@ def _construct(spec: DatasetSpec, split: str | None, **kwargs: Any) -> Segmentat
         return CityscapesDataset(root, split=split or "val", **kwargs)
     if spec.kind == "bdd100k":
         return BDD100KDataset(root, split=split or "val", **kwargs)
-    return MapillaryDataset(root, split=split or "validation", **kwargs)
+    return MapillaryDataset(root, split=split or "validation", version=spec.label_version, mapping=spec.label_map,
+                            **kwargs)
 
 
 def _render(spec: DatasetSpec, root: Path, split: str | None) -> None:
@@ -234,6 +235,9 @@ def write_target_report(out_dir: Path, result: TargetResult, class_names: Sequen
     header = f"# {result.name}\n\n"
     if "inference" in result.metrics:
         header += f"Inference: {result.metrics['inference']['summary']}\n\n"
+    if "ground_truth" in result.metrics:
+        gt = result.metrics["ground_truth"]
+        header += f"Ground truth: {gt['labels']}; label map {gt['label_map']} ({gt['label_map_source']})\n\n"
     (out_dir / "iou.md").write_text(f"{header}{table}\n", encoding="utf-8")
     (out_dir / "iou.json").write_text(json.dumps(result.metrics, indent=1), encoding="utf-8")
     if samples:
@@ -263,6 +267,7 @@ def evaluate_targets(model: MFuser, targets: Sequence[DatasetSpec], cfg: EvalCon
                                       num_samples=cfg.num_samples, input_sizes=sizes)
         metrics = cm.to_dict(class_names)
         metrics["images"] = len(dataset) if spec.max_images is None else min(len(dataset), spec.max_images)
+        metrics["ground_truth"] = dataset.ground_truth_info()
         resize = f"resized keeping the ratio to fit {scale[0]}x{scale[1]} (w x h)" if scale else "native size"
         metrics["inference"] = {**segmenter.protocol.record(sizes),
                                 "resize_box": list(scale) if scale is not None else None,

@@ -28,3 +28,7 @@ def test_report_states_mode_sizes_and_windows_per_image(tmp_path):
                            "network input 128x256 (h x w): 3 windows, 2 images"}
     assert saved["inference"] == result.metrics["inference"] == expected
     assert f"Inference: {expected['summary']}" in (tmp_path / "out" / "cs" / "iou.md").read_text()
+    # ... and where its ground truth comes from: the label files and the table that made train ids of them.
+    gt = saved["ground_truth"]
+    assert gt["dataset"] == "CityscapesDataset" and gt["label_map"] == "cityscapes" and "labelIds" in gt["labels"]
+    assert f"label map cityscapes ({gt['label_map_source']})" in (tmp_path / "out" / "cs" / "iou.md").read_text()
