@@ -20,7 +20,7 @@ import struct
 import tempfile
 import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -200,19 +200,40 @@ def _mcap_decompress(data: bytes, compression: str, size: int) -> bytes:
     raise ValueError(msg)
 
 
-def _mcap_records(data: bytes, base: int) -> Iterator[tuple[int, int, bytes]]:
-    """(opcode, absolute offset, content) of each record in an in-memory record stream (a chunk's body)."""
+def _mcap_records(data: bytes, base: int, cut: bool = False) -> Iterator[tuple[int, int, bytes]]:
+    """(opcode, absolute offset, content) of each record in an in-memory record stream (a chunk's body).
+
+    ``cut``: the stream is the part of a chunk before the end of a truncated file; stop at its first incomplete
+    record instead of raising.
+    """
     pos = 0
     while pos < len(data):
         if pos + 9 > len(data):
+            if cut:
+                return
             msg = f"record header cut short at byte {base + pos}"
             raise ValueError(msg)
         op, length = data[pos], _u64(data, pos + 1)
         if pos + 9 + length > len(data):
+            if cut:
+                return
             msg = f"record 0x{op:02x} at byte {base + pos} runs past its chunk"
             raise ValueError(msg)
         yield op, base + pos, data[pos + 9: pos + 9 + length]
         pos += 9 + length
+
+
+def _mcap_cut_chunk(content: bytes, pos: int, handle: Any) -> list[tuple[str, str, int, bytes]]:
+    """The complete messages of an uncompressed chunk cut off by the end of the file (its CRC covers the whole
+    chunk and cannot be checked; each record is length-prefixed, so a complete one is whole). Compressed: none."""
+    try:
+        compression, o = _mcap_string(content, 28)
+        if compression != "":
+            return []
+        records = content[o + 8:]
+        return [m for op, _, c in _mcap_records(records, pos + 9 + o + 8, cut=True) if (m := handle(op, c)) is not None]
+    except (ValueError, struct.error, UnicodeDecodeError):
+        return []
 
 
 def mcap_salvage(path: Path) -> Iterator[tuple[str, str, int, bytes]]:
@@ -259,6 +280,8 @@ def mcap_salvage(path: Path) -> Iterator[tuple[str, str, int, bytes]]:
             if length > size - pos - 9:
                 msg = (f"{path}: record 0x{op:02x} at byte {pos} declares {length} bytes but the file ends after "
                        f"{size - pos - 9} (truncated)")
+                if op == 0x06:  # the messages of an uncompressed chunk that end before the cut are still whole
+                    yield from _mcap_cut_chunk(f.read(), pos, handle)
                 raise BagReadError(msg)
             content = f.read(length)
             try:
@@ -363,12 +386,12 @@ class BagInput:
 
     def open(self) -> None:
         """Open the bag; a truncated mcap/db3 switches to salvage mode instead of failing."""
-        from rosbags.highlevel import AnyReader, AnyReaderError  # noqa: PLC0415
+        from rosbags.highlevel import AnyReader  # noqa: PLC0415
 
         try:
             reader = AnyReader([self.path], default_typestore=self.typestore)
             reader.open()
-        except (AnyReaderError, FileNotFoundError, OSError) as err:
+        except Exception as err:  # AnyReaderError, but also TypeError/struct.error on some damage
             files = _storage_files(self.path)
             if not files or not all(p.suffix in (".mcap", ".db3") for p in files):
                 msg = f"{self.path}: cannot open bag: {err}"
@@ -423,8 +446,14 @@ class BagInput:
             return self._reader.deserialize(raw, msgtype)
         return self.typestore.deserialize_cdr(raw, msgtype)
 
-    def messages(self, topics: Sequence[str]) -> Iterator[tuple[int, BagMessage]]:
+    def messages(self, topics: Sequence[str], on_undecodable: Callable[[str, int, str], None] | None = None,
+                 ) -> Iterator[tuple[int, BagMessage]]:
         """Messages of ``topics`` in bag order, deserialized.
+
+        Args:
+            topics: the topics to read.
+            on_undecodable: called with (topic, timestamp, error) for a message whose bytes do not deserialize
+                (e.g. a bit flip in its chunk), which is then skipped; without it, such a message ends the read.
 
         Raises:
             BagReadError: the bag breaks off; every message before the break has been yielded.
@@ -432,28 +461,37 @@ class BagInput:
         wanted = set(topics)
         count, last = 0, None
         if self._salvage_topics is not None:
-            for topic, msgtype, timestamp, raw in _salvage(_storage_files(self.path)):
-                if topic in wanted:
-                    yield timestamp, BagMessage(topic, msgtype, raw, self.deserialize(raw, msgtype))
-            return
-        connections = [paired for c in self._reader.connections if c.topic in wanted
-                       for paired in self._pairs.get((id(c.owner), c.id), [c])]
-        if not connections:  # rosbags reads every topic when given none
-            return
-        iterator = self._reader.messages(connections=connections)
+            items: Iterator[tuple[str, str, int, bytes]] = (
+                m for m in _salvage(_storage_files(self.path)) if m[0] in wanted)
+        else:
+            connections = [paired for c in self._reader.connections if c.topic in wanted
+                           for paired in self._pairs.get((id(c.owner), c.id), [c])]
+            if not connections:  # rosbags reads every topic when given none
+                return
+            items = ((c.topic, c.msgtype, ts, raw) for c, ts, raw in self._reader.messages(connections=connections))
         while True:
+            where = f"after message {count}" + (f" (log time {last} ns)" if last is not None else "")
             try:
-                item = next(iterator, None)
-                if item is None:
-                    return
-                connection, timestamp, raw = item
-                msg = self.deserialize(raw, connection.msgtype)
+                item = next(items, None)
+            except BagReadError:
+                raise
             except Exception as err:  # rosbags, apsw, zstd and struct errors alike: re-raised with the position
-                where = f"after message {count}" + (f" (log time {last} ns)" if last is not None else "")
                 msg_ = f"{self.path}: cannot read {where}: {type(err).__name__}: {err}"
                 raise BagReadError(msg_) from err
+            if item is None:
+                return
+            topic, msgtype, timestamp, raw = item
             count, last = count + 1, timestamp
-            yield timestamp, BagMessage(connection.topic, connection.msgtype, bytes(raw), msg)
+            try:
+                msg = self.deserialize(raw, msgtype)
+            except Exception as err:  # rosbags serde errors; the next message is read as usual
+                error = f"{self.path}: message {count} on {topic} (log time {timestamp} ns) does not deserialize " \
+                        f"as {msgtype}: {type(err).__name__}: {err}"
+                if on_undecodable is None:
+                    raise BagReadError(error) from err
+                on_undecodable(topic, timestamp, error)
+                continue
+            yield timestamp, BagMessage(topic, msgtype, bytes(raw), msg)
 
 
 # ---- writer ---------------------------------------------------------------------------------------------------------
