@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Callable, Sequence
-from typing import Literal, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
 
 import cv2
 import numpy as np
@@ -27,6 +28,7 @@ from mfuser_model.errors import ConfigError
 from mfuser_model.preprocess import normalize, rescale_size
 
 __all__ = [
+    "InferenceProtocol",
     "Precision",
     "SegmentationResult",
     "Segmenter",
@@ -34,6 +36,7 @@ __all__ = [
     "network_size",
     "resize_to_network",
     "slide_scores",
+    "slide_windows",
     "whole_scores",
 ]
 
@@ -67,12 +70,18 @@ def whole_scores(score_fn: ScoreFn, images: torch.Tensor, multiple: int) -> torc
     return score_fn(_pad_to(images, *_padded_size(images, multiple)))[..., :h, :w]
 
 
+def slide_windows(height: int, width: int, crop_size: int, stride: int) -> tuple[int, int]:
+    """(rows, columns) of sliding windows over a ``height`` x ``width`` image (mmseg's grid count)."""
+    rows = max(height - crop_size + stride - 1, 0) // stride + 1
+    cols = max(width - crop_size + stride - 1, 0) // stride + 1
+    return rows, cols
+
+
 def slide_scores(score_fn: ScoreFn, images: torch.Tensor, crop_size: int, stride: int,
                  num_classes: int) -> torch.Tensor:
     """Sliding-window scores (mmseg's ``slide_inference``): windows clipped to the image, averaged on overlap."""
     b, _, h, w = images.shape
-    rows = max(h - crop_size + stride - 1, 0) // stride + 1
-    cols = max(w - crop_size + stride - 1, 0) // stride + 1
+    rows, cols = slide_windows(h, w, crop_size, stride)
     total = images.new_zeros((b, num_classes, h, w))
     count = images.new_zeros((1, 1, h, w))
     for r in range(rows):
@@ -102,6 +111,61 @@ def resize_to_network(image: np.ndarray, box: tuple[int, int] | None, *, enlarge
     if (height, width) == image.shape[:2]:
         return image
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+@dataclass(frozen=True)
+class InferenceProtocol:
+    """How a :class:`Segmenter` turns an image into scores: what a report must state for its numbers to be
+    comparable (the paper: slide, 512 / 341, after the dataset's resize).
+
+    Attributes:
+        mode: ``"whole"`` or ``"slide"``.
+        crop_size, stride: the sliding window (None in whole mode).
+        input_box: ``(width, height)`` the network input is fitted into (None: images run at their own size).
+        enlarge: smaller images are enlarged to fill ``input_box`` too.
+    """
+
+    mode: Literal["whole", "slide"]
+    crop_size: int | None
+    stride: int | None
+    input_box: tuple[int, int] | None
+    enlarge: bool
+
+    def network_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) the network sees for an image of this size."""
+        return network_size(height, width, self.input_box, enlarge=self.enlarge)
+
+    def windows(self, height: int, width: int) -> int:
+        """Forward passes for one image of this size (before the resize to :meth:`network_size`)."""
+        if self.mode == "whole":
+            return 1
+        rows, cols = slide_windows(*self.network_size(height, width), self.crop_size, self.stride)
+        return rows * cols
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return {"mode": self.mode, "crop_size": self.crop_size, "stride": self.stride,
+                "input_box": list(self.input_box) if self.input_box is not None else None, "enlarge": self.enlarge}
+
+    def record(self, input_sizes: Mapping[tuple[int, int], int]) -> dict[str, Any]:
+        """:meth:`to_dict` plus, per input size seen (``{(height, width): images}``), the network input size and
+        the windows per image: ``inputs: [{"input": [h, w], "network": [h, w], "windows": n, "images": n}]``."""
+        inputs = [{"input": [h, w], "network": list(self.network_size(h, w)), "windows": self.windows(h, w),
+                   "images": int(n)} for (h, w), n in sorted(input_sizes.items())]
+        return {**self.to_dict(), "inputs": inputs}
+
+    def describe(self, input_sizes: Mapping[tuple[int, int], int] | None = None) -> str:
+        """One line for a report, e.g. ``slide 512/341; network input 1024x2048 (h x w): 18 windows, 500 images``."""
+        text = f"slide {self.crop_size}/{self.stride}" if self.mode == "slide" else "whole image"
+        if not input_sizes:
+            box = f"fit into {self.input_box[0]}x{self.input_box[1]} (w x h)" if self.input_box else "own size"
+            return f"{text}; network input {box}"
+        parts = []
+        for row in self.record(input_sizes)["inputs"]:
+            (nh, nw), windows = row["network"], row["windows"]
+            parts.append(f"{nh}x{nw} (h x w): {windows} window{'s' if windows != 1 else ''}, {row['images']} "
+                         f"image{'s' if row['images'] != 1 else ''}")
+        return f"{text}; network input {'; '.join(parts)}"
 
 
 class Segmenter:
@@ -152,6 +216,13 @@ class Segmenter:
             raise ConfigError(msg)
         self.input_box = tuple(input_box) if input_box is not None else None
         self.enlarge = enlarge
+
+    @property
+    def protocol(self) -> InferenceProtocol:
+        """The mode, window, and input resize this segmenter runs with (for reports)."""
+        slide = self.mode == "slide"
+        return InferenceProtocol(self.mode, self.crop_size if slide else None, self.stride if slide else None,
+                                 self.input_box, self.enlarge)
 
     def network_size(self, height: int, width: int) -> tuple[int, int]:
         """(height, width) an image of this size is resized to before inference (see ``input_box``)."""

@@ -63,6 +63,15 @@ class DatasetSpec:
     scale: tuple[int, int] | Literal["auto", "native"] = "auto"
     max_images: int | None = None  # evaluate on the first N images only (quick checks)
     synthetic: SyntheticSpec | None = None  # rendered into ``root`` when missing and data.generate_if_missing
+    # Mapillary only: the name table for raw labels (openseg, narrow, definitions; default openseg, see
+    # training.label_maps) and the label layout (auto, trainids, rein, half, v1.2, legacy, v2.0).
+    label_map: str | None = None
+    label_version: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.kind != "mapillary" and (self.label_map is not None or self.label_version != "auto"):
+            msg = f"label_map and label_version apply to kind mapillary only, not {self.kind}"
+            raise ConfigError(msg)
 
 
 @dataclass(frozen=True)

@@ -349,6 +349,7 @@ def write_report(out_dir: Path, summary: dict[str, Any], evaluator: Evaluator | 
         f"- output bag: `{summary['output_bag']}` ({summary['storage']})",
         f"- model: `{summary['model']['checkpoint'] or summary['model']['preset']}` on {summary['model']['device']}",
         f"- mode: {summary['mode']}",
+        *([f"- inference: {summary['model']['inference']['summary']}"] if summary["model"].get("inference") else []),
         f"- frames: {summary['frames']['read']} read, {summary['frames']['processed']} segmented, "
         f"{summary['frames']['dropped']} dropped, {summary['frames']['failed']} failed, "
         f"{summary['frames']['evaluated']} with ground truth",

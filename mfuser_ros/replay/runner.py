@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,6 +33,7 @@ import numpy as np
 
 from mfuser_model.classes import palette_to_hex
 from mfuser_model.errors import MFuserError
+from mfuser_model.inference import InferenceProtocol
 from mfuser_ros.node.camera_info import CameraInfoData
 from mfuser_ros.node.config import NodeConfig, output_topic
 from mfuser_ros.node.conversions import message_to_rgb
@@ -219,6 +220,7 @@ class _Run:
         self.pending: list[OrderedDict[int, tuple[int, BagMessage, int]]] = [OrderedDict() for _ in cameras]
         self.read = [0] * len(cameras)
         self.latency: list[list[float]] = [[] for _ in cameras]
+        self.input_sizes: list[Counter[tuple[int, int]]] = [Counter() for _ in cameras]  # decoded (h, w) -> frames
         self.evaluator = Evaluator(namespaces)
         self.matchers = [StampMatcher() for _ in cameras]
         self.lut = gt_lut(options.gt_format)
@@ -291,6 +293,7 @@ class _Run:
         stamp = stamp_ns(outputs.header)
         labels = outputs.labels.data
         with self.lock:
+            self.input_sizes[camera][tuple(outputs.input_size)] += 1
             times = self.label_times[camera]
             times[stamp] = out_ts
             while len(times) > 256:
@@ -398,6 +401,14 @@ def _camera_info_summary(run: _Run, worker: FrameWorker, camera: int) -> dict[st
     return {"topic": topics[0], **{k.removeprefix("camera_info_"): int(v) for k, v in counts.items()}}
 
 
+def _inference_summary(worker: FrameWorker, sizes: Counter[tuple[int, int]]) -> dict[str, Any] | None:
+    """Mode, window, network input size and windows per frame (None: the segmenter states no protocol)."""
+    protocol = getattr(worker.pipeline.segmenter, "protocol", None)
+    if not isinstance(protocol, InferenceProtocol):
+        return None
+    return {**protocol.record(sizes), "summary": protocol.describe(sizes)}
+
+
 def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: NodeConfig, out_bag: Path,
              wall_s: float, partial_reason: str | None, damaged: str | None) -> dict[str, Any]:
     names = run.evaluator.class_names
@@ -421,6 +432,7 @@ def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: Nod
             "metrics": run.evaluator.matrices[ns].to_dict(names) if evaluated else None,
             "latency_ms": latency_summary(run.latency[i]),
             "camera_info": _camera_info_summary(run, worker, i),
+            "inference": _inference_summary(worker, run.input_sizes[i]),
         }
     evaluated_total = sum(run.evaluator.frames.values())
     all_latency = [v for lat in run.latency for v in lat]
@@ -434,7 +446,8 @@ def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: Nod
         "mode": f"realtime (rate {options.rate:g})" if options.realtime else "evaluation (no frame dropped)",
         "model": {"checkpoint": config.checkpoint or None, "preset": config.preset or None, "device": config.device,
                   "precision": config.precision, "inference_mode": config.inference_mode,
-                  "max_batch": config.max_batch},
+                  "max_batch": config.max_batch,
+                  "inference": _inference_summary(worker, sum(run.input_sizes, Counter()))},
         "gt": {"source": str(options.gt_dir) if options.gt_dir else "topics", "format": options.gt_format,
                "topics": {run.cameras[c]: t for t, c in run.gt_topics.items()} if options.gt_dir is None else {}},
         "frames": {"read": sum(run.read), "processed": processed,
