@@ -3,7 +3,8 @@
 Two modes, as the reference evaluates:
 - ``whole``: the image at its own size (padded to a multiple of the token grid's pooling step), one forward.
 - ``slide``: ``crop_size`` windows every ``stride`` pixels (512 / 341 in the paper); per-window class scores
-  are averaged where windows overlap. Windows of a small image are padded to the crop size.
+  are averaged where windows overlap. Windows are clipped to the image and decoded at their own size, as mmseg's
+  ``slide_inference`` does: on an image smaller than the crop the one window is the image itself, not padded.
 The text encoder's output is cached between calls (see :class:`mfuser_model.network.text.PromptTextEncoder`), so only
 the image-dependent parts run per window.
 
@@ -78,8 +79,13 @@ def slide_windows(height: int, width: int, crop_size: int, stride: int) -> tuple
 
 
 def slide_scores(score_fn: ScoreFn, images: torch.Tensor, crop_size: int, stride: int,
-                 num_classes: int) -> torch.Tensor:
-    """Sliding-window scores (mmseg's ``slide_inference``): windows clipped to the image, averaged on overlap."""
+                 num_classes: int, min_size: int = 1) -> torch.Tensor:
+    """Sliding-window scores (mmseg's ``slide_inference``): windows clipped to the image, averaged on overlap.
+
+    A window smaller than the crop (an image side below ``crop_size``) is decoded at its own size, unpadded, as the
+    reference does; padding it would change its scores (the padding takes part in attention). Only sides below
+    ``min_size``, which the network cannot run at all (the reference fails on them), are padded up to it.
+    """
     b, _, h, w = images.shape
     rows, cols = slide_windows(h, w, crop_size, stride)
     total = images.new_zeros((b, num_classes, h, w))
@@ -88,7 +94,8 @@ def slide_scores(score_fn: ScoreFn, images: torch.Tensor, crop_size: int, stride
         for c in range(cols):
             y2, x2 = min(r * stride + crop_size, h), min(c * stride + crop_size, w)
             y1, x1 = max(y2 - crop_size, 0), max(x2 - crop_size, 0)
-            window = _pad_to(images[:, :, y1:y2, x1:x2], crop_size, crop_size)
+            window = images[:, :, y1:y2, x1:x2]
+            window = _pad_to(window, max(y2 - y1, min_size), max(x2 - x1, min_size))
             total[:, :, y1:y2, x1:x2] += score_fn(window)[:, :, : y2 - y1, : x2 - x1].float()
             count[:, :, y1:y2, x1:x2] += 1
     return total / count
@@ -246,7 +253,8 @@ class Segmenter:
             if self.mode == "whole":
                 out = whole_scores(self.model.predict, images, self.multiple)
             else:
-                out = slide_scores(self.model.predict, images, self.crop_size, self.stride, self.num_classes)
+                out = slide_scores(self.model.predict, images, self.crop_size, self.stride, self.num_classes,
+                                   min_size=self.multiple)
         return out.float()
 
     @torch.no_grad()

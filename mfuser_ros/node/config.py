@@ -265,6 +265,9 @@ def load_node_config(path: str | Path, overrides: dict[str, Any] | None = None, 
         ConfigError: the file is missing or malformed, or a parameter is unknown or invalid.
     """
     data = load_yaml(path)
+    if not data:  # an empty file (or a wrong path's placeholder) would silently mean "all defaults"
+        msg = f"{path}: the parameter file is empty; expected '/**' (or the node name) -> ros__parameters"
+        raise ConfigError(msg)
     params: dict[str, Any] = {}
     sections = [k for k in ("/**", node_name, f"/{node_name}") if k and k in data]
     unknown = sorted(set(data) - {"/**", node_name, f"/{node_name}"})

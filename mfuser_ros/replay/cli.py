@@ -105,6 +105,9 @@ def _print_result(result: ReplayResult) -> None:
         m = cam["metrics"]
         miou = f"{100 * m['mIoU']:.2f}" if m and m["mIoU"] is not None else "n/a"
         print(f"  {name or '/'}: {cam['frames_out']} frames, mIoU {miou}")
+    if s["frames"]["gt_failed"] or s["frames"]["undecodable"]:
+        print(f"skipped: {s['frames']['undecodable']} camera and {s['frames']['gt_failed']} ground-truth messages "
+              "that could not be used (first error of each topic: metrics.json unusable_messages)", file=sys.stderr)
     if overall and overall["mIoU"] is not None:
         print(f"overall mIoU {100 * overall['mIoU']:.2f}, pixel accuracy {100 * overall['aAcc']:.2f}")
     if lat["p50"] is not None:
