@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 
 from mfuser_model.classes import palette_to_hex
+from mfuser_model.config_io import NonNegInt, PosFloat, check_fields
 from mfuser_model.errors import MFuserError
 from mfuser_model.inference import InferenceProtocol
 from mfuser_ros.node.camera_info import CameraInfoData
@@ -108,11 +109,14 @@ class ReplayOptions:
     gt_format: GtFormat = "trainids"
     storage: Literal["mcap", "sqlite3"] = "mcap"
     realtime: bool = False
-    rate: float = 1.0
+    rate: PosFloat = 1.0
     outputs: tuple[str, ...] = ("color",)
-    montage_rows: int = 8
-    max_frames: int = 0
+    montage_rows: NonNegInt = 8
+    max_frames: NonNegInt = 0
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass
@@ -226,6 +230,9 @@ class _Run:
         self.lut = gt_lut(options.gt_format)
         self.gt_dir = GroundTruthDir(options.gt_dir, options.gt_key) if options.gt_dir else None
         self.gt_missing = [0] * len(cameras)
+        self.gt_failed = [0] * len(cameras)  # ground-truth messages that could not be used (corrupt, bad values)
+        self.undecodable = [0] * len(cameras)  # camera messages whose bytes do not deserialize
+        self.first_errors: dict[str, str] = {}  # topic -> its first unusable message's error
         self.frame_log = FrameLog()
         per_camera = max(1, expected // max(1, len(cameras)))
         rows_per_camera = max(1, options.montage_rows // max(1, len(cameras)))
@@ -248,10 +255,25 @@ class _Run:
             self.pending[camera][id(message.msg.header)] = (timestamp, message, self.read[camera])
             self.read[camera] += 1
 
+    def unusable(self, topic: str, error: str) -> None:
+        """A message of the bag that cannot be used (does not deserialize, or ground truth with bad values): counted
+        and skipped; the first of each topic is shown (with the count at the end, in the summary)."""
+        if topic in self.gt_topics:
+            self.gt_failed[self.gt_topics[topic]] += 1
+        elif topic in self.cameras:
+            self.undecodable[self.cameras.index(topic)] += 1
+        if topic not in self.first_errors:
+            self.first_errors[topic] = error
+            self.progress.write(f"mfuser-replay: warning: {error}; skipped (further ones on {topic} are counted)")
+
     def on_gt(self, camera: int, message: BagMessage) -> None:
-        """A ground-truth label message from the bag."""
+        """A ground-truth label message from the bag (one that is unusable is counted, see :meth:`unusable`)."""
         where = f"{self.options.bag} topic {message.topic}"
-        gt = to_train_ids(label_message_to_array(message.msg, where), self.options.gt_format, self.lut, where)
+        try:
+            gt = to_train_ids(label_message_to_array(message.msg, where), self.options.gt_format, self.lut, where)
+        except MFuserError as err:
+            self.unusable(message.topic, str(err))
+            return
         stamp = stamp_ns(message.msg.header)
         with self.lock:
             pred = self.matchers[camera].add_gt(stamp, gt)
@@ -346,6 +368,14 @@ def _resolve_topics(options: ReplayOptions, bag: BagInput) -> tuple[list[str], d
                 raise ReplayError(msg)
     else:
         cameras = find_camera_topics(topics, list(explicit_gt.values()))
+        empty = [t for t in cameras if topics[t].count == 0]
+        if empty and len(empty) < len(cameras):  # a camera that recorded nothing is left out, and said so
+            print(f"mfuser-replay: warning: {options.bag}: {', '.join(empty)} recorded no messages; not replayed",
+                  file=sys.stderr)
+            cameras = [t for t in cameras if t not in empty]
+    if empty := [t for t in cameras if topics[t].count == 0]:
+        msg = f"{options.bag}: camera topic(s) with 0 messages: {', '.join(empty)}; nothing to replay"
+        raise ReplayError(msg)
     if not cameras:
         listing = ", ".join(f"{t} ({i.msgtype})" for t, i in sorted(topics.items())) or "none"
         damage = f"; the bag is damaged: {bag.salvage_error or bag.damaged}" if bag.damaged else ""
@@ -361,8 +391,8 @@ def _frames_short(run: _Run, counts: Sequence[int | None], max_frames: int) -> s
     if not sum(run.read):
         return f"no camera frame was read from the bag (camera topics: {', '.join(run.cameras)})"
     short = [f"{topic}: {read} of the {count} frames the bag's metadata announces were read"
-             for topic, read, count in zip(run.cameras, run.read, counts, strict=True)
-             if count is not None and read < count and not max_frames]
+             for topic, read, bad, count in zip(run.cameras, run.read, run.undecodable, counts, strict=True)
+             if count is not None and read + bad < count and not max_frames]
     return "; ".join(short) or None
 
 
@@ -401,6 +431,8 @@ def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: Nod
             "last_error": stats.last_error or None,
             "evaluated": evaluated,
             "gt_unmatched": (run.matchers[i].unmatched_preds if run.gt_dir is None else run.gt_missing[i]),
+            "gt_failed": run.gt_failed[i],
+            "undecodable": run.undecodable[i],
             "metrics": run.evaluator.matrices[ns].to_dict(names) if evaluated else None,
             "latency_ms": latency_summary(run.latency[i]),
             "camera_info": _camera_info_summary(run, worker, i),
@@ -424,7 +456,8 @@ def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: Nod
                "topics": {run.cameras[c]: t for t, c in run.gt_topics.items()} if options.gt_dir is None else {}},
         "frames": {"read": sum(run.read), "processed": processed,
                    "dropped": sum(s.dropped for s in worker.stats), "failed": sum(s.errors for s in worker.stats),
-                   "evaluated": evaluated_total},
+                   "evaluated": evaluated_total, "undecodable": sum(run.undecodable), "gt_failed": sum(run.gt_failed)},
+        "unusable_messages": dict(run.first_errors),  # topic -> the first error
         "wall_s": wall_s,
         "throughput_fps": processed / wall_s if wall_s > 0 else 0.0,
         "model_s": run.model_s,
@@ -522,7 +555,8 @@ def _play(bag: BagInput, run: _Run, player: Player, gt_topics: dict[str, int],
     camera_index = {t: i for i, t in enumerate(run.cameras)}
     frames_read = 0
     try:
-        for timestamp, message in bag.messages(run.cameras + list(gt_topics) + list(run.info_topics)):
+        topics = run.cameras + list(gt_topics) + list(run.info_topics)
+        for timestamp, message in bag.messages(topics, on_undecodable=lambda t, _, e: run.unusable(t, e)):
             _copy_input(run.out_bag, bag, timestamp, message)
             if message.topic in gt_topics:
                 run.on_gt(gt_topics[message.topic], message)
@@ -545,5 +579,7 @@ def _play(bag: BagInput, run: _Run, player: Player, gt_topics: dict[str, int],
         return (f"interrupted (Ctrl-C) after {frames_read} camera frames; the rest of the bag was not replayed",
                 EXIT_INTERRUPTED)
     except BagReadError as err:
+        player.finish()  # the frames read before the damage are whole: the last batch is processed too
+        player.worker.camera_infos.finish()
         return f"the input bag breaks off: {err}", EXIT_BAG_DAMAGED
     return None, EXIT_OK
