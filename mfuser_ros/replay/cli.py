@@ -93,9 +93,6 @@ def options_from_args(args: argparse.Namespace) -> ReplayOptions:
     if not node.checkpoint and not args.preset:
         msg = "give --checkpoint MODEL.safetensors (or --preset NAME for an untrained model, smoke tests only)"
         raise ReplayError(msg)
-    if args.rate <= 0:
-        msg = f"--rate must be > 0, got {args.rate}"
-        raise ReplayError(msg)
     return ReplayOptions(bag=args.bag, out=args.out, node=node, topics=tuple(args.topics),
                          gt_topics=_parse_gt_topics(args.gt_topic), gt_dir=args.gt_dir, gt_key=args.gt_key,
                          gt_format=args.gt_format, miou_rule=args.miou_rule, storage=args.storage,

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 
 from mfuser_model.classes import palette_to_hex
+from mfuser_model.config_io import NonNegInt, PosFloat, check_fields
 from mfuser_model.errors import MFuserError
 from mfuser_model.inference import InferenceProtocol
 from mfuser_model.metrics import MiouRule
@@ -113,11 +114,14 @@ class ReplayOptions:
     miou_rule: MiouRule = "mmseg"
     storage: Literal["mcap", "sqlite3"] = "mcap"
     realtime: bool = False
-    rate: float = 1.0
+    rate: PosFloat = 1.0
     outputs: tuple[str, ...] = ("color",)
-    montage_rows: int = 8
-    max_frames: int = 0
+    montage_rows: NonNegInt = 8
+    max_frames: NonNegInt = 0
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass
