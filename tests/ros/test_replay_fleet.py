@@ -260,7 +260,7 @@ def test_in_process_job_needs_no_ray_and_merges_retries_and_resumes_alike(bags, 
     assert {(r.worker["pid"], r.worker["model_loads"]) for r in result.records if r.status == "ok"} == {
         (os.getpid(), by_bag["drive0"].worker["model_loads"])}
     expected = sum(_counts(r) for r in single_runs) + by_bag["flaky"].matrix().counts_array()
-    np.testing.assert_array_equal(result.merged["overall"]["metrics"]["confusion_counts"], expected)
+    np.testing.assert_array_equal(result.merged["overall"]["metrics"]["confusion_matrix"], expected)
     # The command line: Ray's options are refused with --in-process; a rerun resumes (only the broken bag again).
     assert main([str(bags[0]), "--out", str(out), "--checkpoint", str(CHECKPOINT), "--in-process",
                  "--bag-timeout-s", "5"]) == EXIT_ERROR
@@ -270,7 +270,7 @@ def test_in_process_job_needs_no_ray_and_merges_retries_and_resumes_alike(bags, 
     assert code == EXIT_OK, capsys.readouterr().err
     merged = json.loads((out / "fleet_metrics.json").read_text())
     assert (merged["bags_resumed"], merged["job"]["bags_run"]) == (4, 0)
-    np.testing.assert_array_equal(merged["overall"]["metrics"]["confusion_counts"], expected)
+    np.testing.assert_array_equal(merged["overall"]["metrics"]["confusion_matrix"], expected)
 
 
 def test_an_unreachable_cluster_address_fails_at_once_with_its_name():
