@@ -17,6 +17,7 @@ from mfuser_model.config_io import dataclass_from_dict, load_yaml
 from mfuser_model.errors import ConfigError
 
 __all__ = [
+    "BUNDLED_MODEL",
     "RUNTIME_PARAMETERS",
     "NodeConfig",
     "QosName",
@@ -37,6 +38,9 @@ QosName = Literal["sensor_data", "reliable", "best_effort", "system_default"]
 _TOPIC_RE = re.compile(r"^(~/|/)?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _COLOR_RE = re.compile(r"^#[0-9A-Fa-f]{6}$")
+
+# The toy model shipped with the package (config/mfuser_node.yaml's checkpoint): checks an install, not accuracy.
+BUNDLED_MODEL = "package://mfuser_ros/models/tiny-eva02-synthetic.safetensors"
 
 # Parameters that take effect at once while the node runs (`ros2 param set`): how outputs look and when
 # diagnostics warn. Every other parameter shapes what configure builds (topics, QoS, the model and its device,
@@ -63,11 +67,15 @@ class NodeConfig:
             frame gets no CameraInfo (counted as ``camera_info_unmatched`` in /diagnostics).
         input_qos / input_qos_depth: reliability profile and history depth of the image subscriptions.
         output_qos / output_qos_depth: the same for the label, colour, overlay and confidence publishers.
-        preset / checkpoint: model preset name and weight file (empty: random weights, for tests only).
+        preset / checkpoint: model preset name and weight file (a path or ``package://`` URI). Empty checkpoint:
+            random weights, which the node refuses unless ``allow_random_weights`` is set.
+        allow_random_weights: let the node run without a checkpoint (random weights: tests and demos only).
         device: ``cpu`` or ``cuda[:N]``. precision: ``fp32``, ``fp16`` or ``bf16``.
         decoder_backend: ``torch``, ``onnxruntime`` or ``tensorrt`` (passed to the model factory).
         decoder_onnx: a fixed decoder export for onnxruntime/tensorrt (one input size); empty: export per input
             size into ``decoder_cache_dir`` (empty: the model library's default cache folder).
+        threads: CPU threads of torch, OpenCV and onnxruntime (:mod:`mfuser_model.threads`): N, 0 for every
+            CPU (a dedicated machine), -1 for ``$OMP_NUM_THREADS`` or 1 (the default: safe beside other nodes).
         inference_mode / crop_size / stride: whole-image or sliding-window inference.
         network_image_width / network_image_height: the box every camera image is resized into (keeping its
             aspect ratio; the box turns with the image's orientation) before the model sees it, so the work per
@@ -109,11 +117,13 @@ class NodeConfig:
     output_qos_depth: int = 1
     preset: str = "tiny-eva02"
     checkpoint: str = ""
+    allow_random_weights: bool = False
     device: str = "cpu"
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     decoder_backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
     decoder_onnx: str = ""
     decoder_cache_dir: str = ""
+    threads: int = -1
     inference_mode: Literal["whole", "slide"] = "whole"
     crop_size: int = 512
     stride: int = 341
@@ -166,6 +176,8 @@ class NodeConfig:
         _check(self.stride <= self.crop_size, "stride", self.stride, f"must be <= crop_size ({self.crop_size})")
         _check(bool(self.preset or self.checkpoint), "preset", self.preset,
                "must name a preset when no checkpoint is given")
+        _check(self.threads >= -1, "threads", self.threads,
+               "must be N >= 1, 0 (every CPU) or -1 ($OMP_NUM_THREADS or 1)")
         _check(bool(_DEVICE_RE.match(self.device)), "device", self.device, "must be 'cpu' or 'cuda[:N]'")
         _check(self.output_width >= 0 and self.output_height >= 0, "output_width/output_height",
                (self.output_width, self.output_height), "must be >= 0")
@@ -186,6 +198,11 @@ class NodeConfig:
         _check(self.min_output_fps_warn >= 0, "min_output_fps_warn", self.min_output_fps_warn, "must be >= 0")
 
     @property
+    def thread_option(self) -> int | None:
+        """``threads`` as :func:`mfuser_model.threads.apply_threads` takes it (-1 -> None: the policy's default)."""
+        return None if self.threads < 0 else self.threads
+
+    @property
     def network_input_box(self) -> tuple[int, int]:
         """(width, height) box of the model's input (``network_image_width/height``)."""
         return self.network_image_width, self.network_image_height
@@ -200,6 +217,18 @@ class NodeConfig:
         if self.camera_info_topics:
             return list(self.camera_info_topics)
         return [camera_info_topic(t) for t in self.image_topics]
+
+    def check_weights(self) -> None:
+        """The node's guard against running untrained: no checkpoint means random weights, refused unless asked for.
+
+        Raises:
+            ConfigError: ``checkpoint`` is empty and ``allow_random_weights`` is false; names both overrides.
+        """
+        if not self.checkpoint and not self.allow_random_weights:
+            msg = ("parameter 'checkpoint' is empty: the model would have random weights and segment nothing. Set "
+                   f"checkpoint to a model file (the bundled toy model: checkpoint:={BUNDLED_MODEL}), or set "
+                   "allow_random_weights:=true for tests and demos")
+            raise ConfigError(msg)
 
     def camera_namespaces(self) -> list[str]:
         """Output namespace of each camera, in ``image_topics`` order."""
