@@ -35,6 +35,7 @@ import torch
 from mfuser_model.inference import labels_from_lowres, network_size, resize_to_network
 from mfuser_model.preprocess import normalize
 from mfuser_model.synthetic.scenes import render_scene
+from mfuser_model.threads import add_threads_argument, apply_threads
 from mfuser_ros.node.config import NodeConfig
 from mfuser_ros.node.conversions import OutputImage, message_to_rgb
 from mfuser_ros.node.pipeline import FrameTiming, SegmentationPipeline, Wanted
@@ -207,7 +208,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=50)
     parser.add_argument("--no-dds", action="store_true")
     parser.add_argument("--echo", type=int, help=argparse.SUPPRESS)
+    add_threads_argument(parser)
     args = parser.parse_args()
+    apply_threads(args.threads)
     from mfuser_ros.node.dds import loopback_uri
 
     os.environ["CYCLONEDDS_URI"] = loopback_uri()  # this benchmark never needs traffic off the host
