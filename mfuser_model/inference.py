@@ -3,7 +3,8 @@
 Two modes, as the reference evaluates:
 - ``whole``: the image at its own size (padded to a multiple of the token grid's pooling step), one forward.
 - ``slide``: ``crop_size`` windows every ``stride`` pixels (512 / 341 in the paper); per-window class scores
-  are averaged where windows overlap. Windows of a small image are padded to the crop size.
+  are averaged where windows overlap. Windows are clipped to the image and decoded at their own size, as mmseg's
+  ``slide_inference`` does: on an image smaller than the crop the one window is the image itself, not padded.
 The text encoder's output is cached between calls (see :class:`mfuser_model.network.text.PromptTextEncoder`), so only
 the image-dependent parts run per window.
 
@@ -14,8 +15,10 @@ To run the decode head on onnxruntime or TensorRT, build the Segmenter with
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
-from typing import Literal, NamedTuple
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
 
 import cv2
 import numpy as np
@@ -26,6 +29,7 @@ from mfuser_model.errors import ConfigError
 from mfuser_model.preprocess import normalize, rescale_size
 
 __all__ = [
+    "InferenceProtocol",
     "Precision",
     "SegmentationResult",
     "Segmenter",
@@ -33,6 +37,7 @@ __all__ = [
     "network_size",
     "resize_to_network",
     "slide_scores",
+    "slide_windows",
     "whole_scores",
 ]
 
@@ -66,19 +71,31 @@ def whole_scores(score_fn: ScoreFn, images: torch.Tensor, multiple: int) -> torc
     return score_fn(_pad_to(images, *_padded_size(images, multiple)))[..., :h, :w]
 
 
+def slide_windows(height: int, width: int, crop_size: int, stride: int) -> tuple[int, int]:
+    """(rows, columns) of sliding windows over a ``height`` x ``width`` image (mmseg's grid count)."""
+    rows = max(height - crop_size + stride - 1, 0) // stride + 1
+    cols = max(width - crop_size + stride - 1, 0) // stride + 1
+    return rows, cols
+
+
 def slide_scores(score_fn: ScoreFn, images: torch.Tensor, crop_size: int, stride: int,
-                 num_classes: int) -> torch.Tensor:
-    """Sliding-window scores (mmseg's ``slide_inference``): windows clipped to the image, averaged on overlap."""
+                 num_classes: int, min_size: int = 1) -> torch.Tensor:
+    """Sliding-window scores (mmseg's ``slide_inference``): windows clipped to the image, averaged on overlap.
+
+    A window smaller than the crop (an image side below ``crop_size``) is decoded at its own size, unpadded, as the
+    reference does; padding it would change its scores (the padding takes part in attention). Only sides below
+    ``min_size``, which the network cannot run at all (the reference fails on them), are padded up to it.
+    """
     b, _, h, w = images.shape
-    rows = max(h - crop_size + stride - 1, 0) // stride + 1
-    cols = max(w - crop_size + stride - 1, 0) // stride + 1
+    rows, cols = slide_windows(h, w, crop_size, stride)
     total = images.new_zeros((b, num_classes, h, w))
     count = images.new_zeros((1, 1, h, w))
     for r in range(rows):
         for c in range(cols):
             y2, x2 = min(r * stride + crop_size, h), min(c * stride + crop_size, w)
             y1, x1 = max(y2 - crop_size, 0), max(x2 - crop_size, 0)
-            window = _pad_to(images[:, :, y1:y2, x1:x2], crop_size, crop_size)
+            window = images[:, :, y1:y2, x1:x2]
+            window = _pad_to(window, max(y2 - y1, min_size), max(x2 - x1, min_size))
             total[:, :, y1:y2, x1:x2] += score_fn(window)[:, :, : y2 - y1, : x2 - x1].float()
             count[:, :, y1:y2, x1:x2] += 1
     return total / count
@@ -101,6 +118,61 @@ def resize_to_network(image: np.ndarray, box: tuple[int, int] | None, *, enlarge
     if (height, width) == image.shape[:2]:
         return image
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+@dataclass(frozen=True)
+class InferenceProtocol:
+    """How a :class:`Segmenter` turns an image into scores: what a report must state for its numbers to be
+    comparable (the paper: slide, 512 / 341, after the dataset's resize).
+
+    Attributes:
+        mode: ``"whole"`` or ``"slide"``.
+        crop_size, stride: the sliding window (None in whole mode).
+        input_box: ``(width, height)`` the network input is fitted into (None: images run at their own size).
+        enlarge: smaller images are enlarged to fill ``input_box`` too.
+    """
+
+    mode: Literal["whole", "slide"]
+    crop_size: int | None
+    stride: int | None
+    input_box: tuple[int, int] | None
+    enlarge: bool
+
+    def network_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) the network sees for an image of this size."""
+        return network_size(height, width, self.input_box, enlarge=self.enlarge)
+
+    def windows(self, height: int, width: int) -> int:
+        """Forward passes for one image of this size (before the resize to :meth:`network_size`)."""
+        if self.mode == "whole":
+            return 1
+        rows, cols = slide_windows(*self.network_size(height, width), self.crop_size, self.stride)
+        return rows * cols
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return {"mode": self.mode, "crop_size": self.crop_size, "stride": self.stride,
+                "input_box": list(self.input_box) if self.input_box is not None else None, "enlarge": self.enlarge}
+
+    def record(self, input_sizes: Mapping[tuple[int, int], int]) -> dict[str, Any]:
+        """:meth:`to_dict` plus, per input size seen (``{(height, width): images}``), the network input size and
+        the windows per image: ``inputs: [{"input": [h, w], "network": [h, w], "windows": n, "images": n}]``."""
+        inputs = [{"input": [h, w], "network": list(self.network_size(h, w)), "windows": self.windows(h, w),
+                   "images": int(n)} for (h, w), n in sorted(input_sizes.items())]
+        return {**self.to_dict(), "inputs": inputs}
+
+    def describe(self, input_sizes: Mapping[tuple[int, int], int] | None = None) -> str:
+        """One line for a report, e.g. ``slide 512/341; network input 1024x2048 (h x w): 18 windows, 500 images``."""
+        text = f"slide {self.crop_size}/{self.stride}" if self.mode == "slide" else "whole image"
+        if not input_sizes:
+            box = f"fit into {self.input_box[0]}x{self.input_box[1]} (w x h)" if self.input_box else "own size"
+            return f"{text}; network input {box}"
+        parts = []
+        for row in self.record(input_sizes)["inputs"]:
+            (nh, nw), windows = row["network"], row["windows"]
+            parts.append(f"{nh}x{nw} (h x w): {windows} window{'s' if windows != 1 else ''}, {row['images']} "
+                         f"image{'s' if row['images'] != 1 else ''}")
+        return f"{text}; network input {'; '.join(parts)}"
 
 
 class Segmenter:
@@ -152,6 +224,13 @@ class Segmenter:
         self.input_box = tuple(input_box) if input_box is not None else None
         self.enlarge = enlarge
 
+    @property
+    def protocol(self) -> InferenceProtocol:
+        """The mode, window, and input resize this segmenter runs with (for reports)."""
+        slide = self.mode == "slide"
+        return InferenceProtocol(self.mode, self.crop_size if slide else None, self.stride if slide else None,
+                                 self.input_box, self.enlarge)
+
     def network_size(self, height: int, width: int) -> tuple[int, int]:
         """(height, width) an image of this size is resized to before inference (see ``input_box``)."""
         return network_size(height, width, self.input_box, enlarge=self.enlarge)
@@ -174,7 +253,8 @@ class Segmenter:
             if self.mode == "whole":
                 out = whole_scores(self.model.predict, images, self.multiple)
             else:
-                out = slide_scores(self.model.predict, images, self.crop_size, self.stride, self.num_classes)
+                out = slide_scores(self.model.predict, images, self.crop_size, self.stride, self.num_classes,
+                                   min_size=self.multiple)
         return out.float()
 
     @torch.no_grad()
@@ -251,6 +331,27 @@ def _pixels_of_cells(cells: tuple[np.ndarray, np.ndarray], y0: np.ndarray, x0: n
     return row_start[ci][cell] + offset // cols_of, col_start[cj][cell] + offset % cols_of
 
 
+_BORDER_PIXELS_PER_PASS = 1 << 20
+
+
+def _cell_groups(ci: np.ndarray, cj: np.ndarray, y0: np.ndarray, x0: np.ndarray, h: int, w: int,
+                 max_pixels: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(ci, cj)`` split into consecutive groups of cells that cover at most about ``max_pixels`` output pixels."""
+    rows = np.bincount(y0, minlength=h)[ci]
+    cols = np.bincount(x0, minlength=w)[cj]
+    ends = np.cumsum(rows * cols)
+    cuts = np.searchsorted(ends, np.arange(max_pixels, int(ends[-1]) if len(ends) else 0, max_pixels), "right")
+    bounds = [0, *cuts.tolist(), len(ci)]
+    return [(ci[a:b], cj[a:b]) for a, b in itertools.pairwise(bounds) if b > a]
+
+
+def _bilinear_plane(plane: np.ndarray, y0: np.ndarray, y1: np.ndarray, ly: np.ndarray, x0: np.ndarray,
+                   x1: np.ndarray, lx: np.ndarray) -> np.ndarray:
+    """One (h, w) plane resampled bilinearly at the source rows/columns of :func:`_source_index`."""
+    rows = np.take(plane, y0, axis=0) * (1 - ly)[:, None] + np.take(plane, y1, axis=0) * ly[:, None]
+    return np.take(rows, x0, axis=1) * (1 - lx) + np.take(rows, x1, axis=1) * lx
+
+
 def labels_from_lowres(scores: torch.Tensor, image_size: tuple[int, int], padded_size: tuple[int, int],
                        out_size: tuple[int, int], *, with_confidence: bool = True) -> SegmentationResult:
     """Labels (and confidence) at ``out_size`` from low-resolution scores, without upsampling all K channels.
@@ -286,25 +387,26 @@ def labels_from_lowres(scores: torch.Tensor, image_size: tuple[int, int], padded
     uniform = (low_labels == below) & (low_labels == np.take(low_labels, right, axis=1)) & (
         low_labels == np.take(below, right, axis=1))
     labels = np.take(np.take(low_labels, y0, axis=0), x0, axis=1)
-    ys, xs = _pixels_of_cells(np.nonzero(~uniform), y0, x0, h, w)
+    border_ci, border_cj = np.nonzero(~uniform)
     # Channels-last table, so each corner gather reads K contiguous floats.
     table = np.ascontiguousarray(s.transpose(1, 2, 0)).reshape(h * w, k)
-    wy, wx = ly[ys, None], lx[xs, None]
-    r0, r1, c0, c1 = y0[ys] * w, y1[ys] * w, x0[xs], x1[xs]
-    mixed = (1 - wy) * ((1 - wx) * np.take(table, r0 + c0, axis=0) + wx * np.take(table, r0 + c1, axis=0)) + wy * (
-        (1 - wx) * np.take(table, r1 + c0, axis=0) + wx * np.take(table, r1 + c1, axis=0))  # (N, K)
-    labels[ys, xs] = mixed.argmax(axis=1)
+    if with_confidence:
+        best = _bilinear_plane(best_low, y0, y1, ly, x0, x1, lx)
+        total = _bilinear_plane(s.sum(axis=0), y0, y1, ly, x0, x1, lx)
+    # Border pixels in bounded groups: on a noisy 4096x4096 output nearly every pixel is a border pixel, and one
+    # (N, K) float block per corner would take gigabytes.
+    for cells in _cell_groups(border_ci, border_cj, y0, x0, h, w, _BORDER_PIXELS_PER_PASS):
+        ys, xs = _pixels_of_cells(cells, y0, x0, h, w)
+        wy, wx = ly[ys, None], lx[xs, None]
+        r0, r1, c0, c1 = y0[ys] * w, y1[ys] * w, x0[xs], x1[xs]
+        mixed = (1 - wy) * ((1 - wx) * np.take(table, r0 + c0, axis=0) + wx * np.take(table, r0 + c1, axis=0)) + (
+            wy * ((1 - wx) * np.take(table, r1 + c0, axis=0) + wx * np.take(table, r1 + c1, axis=0)))  # (N, K)
+        labels[ys, xs] = mixed.argmax(axis=1)
+        if with_confidence:
+            best[ys, xs] = mixed.max(axis=1)
+            total[ys, xs] = mixed.sum(axis=1)
     if not with_confidence:
         return SegmentationResult(labels, np.zeros((0, 0), np.float32))
-
-    def bilinear(plane: np.ndarray) -> np.ndarray:
-        rows = np.take(plane, y0, axis=0) * (1 - ly)[:, None] + np.take(plane, y1, axis=0) * ly[:, None]
-        return np.take(rows, x0, axis=1) * (1 - lx) + np.take(rows, x1, axis=1) * lx
-
-    best = bilinear(best_low)
-    total = bilinear(s.sum(axis=0))
-    best[ys, xs] = mixed.max(axis=1)
-    total[ys, xs] = mixed.sum(axis=1)
     confidence = np.clip(best / np.maximum(total, np.float32(1e-12)), 0.0, 1.0, dtype=np.float32)
     return SegmentationResult(labels, confidence)
 

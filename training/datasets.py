@@ -12,11 +12,11 @@ Layouts (root-relative):
 
 | class | images | labels |
 |---|---|---|
-| GTAVDataset | ``images/*.png`` | ``labels/<name>.png`` (labelIds) or ``labels/<name>_labelTrainIds.png`` |
+| GTAVDataset | ``images/*.png`` or ``images/<split>/*.png`` | ``labels/[<split>/]<name>.png`` (labelIds) or ``..._labelTrainIds.png`` |
 | SynthiaDataset | ``RGB/*.png`` | ``GT/LABELS/<name>.png`` (16-bit, class in R = cv2's last channel) |
 | CityscapesDataset | ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` | ``gtFine/<split>/<city>/*_gtFine_labelTrainIds.png`` or ``*_gtFine_labelIds.png`` |
 | BDD100KDataset | ``images/10k/<split>/*.jpg`` | ``labels/sem_seg/masks/<split>/<name>.png`` (train ids) or ``colormaps/`` |
-| MapillaryDataset | ``<split>/images/*.jpg`` | ``<split>/labels/*_labelTrainIds.png``, ``<split>/v1.2/labels``, ``<split>/labels`` (v1.0/1.1), ``<split>/v2.0/labels`` |
+| MapillaryDataset | ``<split>/images/*.jpg``, ``half/val_img`` | ``<split>/labels/*_labelTrainIds.png``, ``cityscapes_trainIdLabel/<train|val>/label``, ``<split>/v1.2/labels``, ``<split>/labels`` (v1.0/1.1), ``<split>/v2.0/labels``, ``half/val_label`` |
 """  # noqa: E501
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from mfuser_model.classes import CITYSCAPES_PALETTE, IGNORE_INDEX
 from training.errors import DatasetError
 from training.label_maps import (
     CITYSCAPES_LABEL_TO_TRAIN,
-    MAPILLARY_MAPPINGS,
+    DEFAULT_MAPILLARY_TABLE,
+    MAPILLARY_TABLES,
     MAPILLARY_V12_NAMES,
     SYNTHIA_TO_TRAIN,
     build_lut,
@@ -137,6 +138,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.labels: list[Path] = []
         self.names: list[str] = []
         self.stats_dir = self.root
+        # What the label files hold and which table turned them into train ids (ground_truth_info, for reports).
+        self.label_format = ""
+        self.label_map = "identity"
+        self.label_map_source = "labels hold train ids already"
 
     # ---- construction helpers -------------------------------------------------------------------------------
     @staticmethod
@@ -209,6 +214,27 @@ class SegmentationDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index % len(self)])
         return self.transform(sample, rng)
 
+    def _describe_cityscapes_ids(self, lbl_dir: Path) -> None:
+        if getattr(self, "train_ids", False):
+            self.label_format = f"converted *_labelTrainIds.png in {lbl_dir}"
+            return
+        self.label_format = f"Cityscapes labelIds in {lbl_dir}"
+        self.label_map = "cityscapes"
+        self.label_map_source = ("cityscapesscripts labelId -> trainId: https://github.com/mcordts/cityscapesScripts/"
+                                 "blob/master/cityscapesscripts/helpers/labels.py")
+
+    def ground_truth_info(self) -> dict[str, str]:
+        """Where the ground truth comes from, for reports: dataset class, root, split, label format, and the table
+        (name and source, with a URL where one exists) that mapped the native labels to train ids."""
+        return {
+            "dataset": type(self).__name__,
+            "root": str(self.root),
+            "split": str(getattr(self, "split", None) or "all"),
+            "labels": self.label_format,
+            "label_map": self.label_map,
+            "label_map_source": self.label_map_source,
+        }
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(root={str(self.root)!r}, items={len(self)})"
 
@@ -222,18 +248,41 @@ def _decode_cityscapes_ids(path: Path, train_ids: bool) -> np.ndarray:
     return (_IDENTITY_LUT if train_ids else _CITYSCAPES_LUT)[raw.astype(np.uint8, copy=False)]
 
 
+_GTAV_SPLITS = {"train": "train", "val": "valid", "valid": "valid", "test": "test"}
+
+
 class GTAVDataset(SegmentationDataset):
     """GTAV (Playing for Data): ``images/*.png`` with ``labels/*.png`` labelIds (palette PNGs) or converted
-    ``labels/*_labelTrainIds.png``; the kind is detected from the label folder."""
+    ``labels/*_labelTrainIds.png``; the kind is detected from the label folder.
 
-    def __init__(self, root: str | Path, **kwargs: Any) -> None:
+    The RobustNet split (as RobustNet and TLDR ship it) puts both in subfolders, ``images/{train,valid,test}`` and
+    ``labels/{train,valid,test}``. ``split=None`` takes every image under ``images/`` (flat or in subfolders, as
+    MFuser's config does with mmseg's recursive scan: DG training uses all 24,966 frames); ``"train"``,
+    ``"valid"`` (or ``"val"``) or ``"test"`` takes that subfolder only.
+    """
+
+    def __init__(self, root: str | Path, split: str | None = None, **kwargs: Any) -> None:
         super().__init__(root, **kwargs)
         img_dir = self._require_dir(self.root / "images", "GTAV images")
         lbl_dir = self._require_dir(self.root / "labels", "GTAV labels")
-        images = self._list_images(img_dir, "*.png")
-        self.train_ids = next(lbl_dir.glob("*_labelTrainIds.png"), None) is not None
+        if split is not None:
+            if split not in _GTAV_SPLITS:
+                msg = f"GTAV split {split!r} unknown; valid: None (all images), {', '.join(_GTAV_SPLITS)}"
+                raise DatasetError(msg)
+            sub = _GTAV_SPLITS[split]
+            img_dir = self._require_dir(img_dir / sub, f"GTAV images/{sub}")
+            lbl_dir = self._require_dir(lbl_dir / sub, f"GTAV labels/{sub}")
+        self.split = split
+        # Flat folders hold only images; split folders hold one level of subfolders. rglob reads both.
+        images = self._list_images(img_dir, "*.png", recursive=True)
+        self.train_ids = next(lbl_dir.rglob("*_labelTrainIds.png"), None) is not None
         suffix = "_labelTrainIds.png" if self.train_ids else ".png"
-        self._pair(images, lambda p: lbl_dir / f"{p.stem}{suffix}", [p.stem for p in images], img_dir)
+
+        def label_of(p: Path) -> Path:
+            return lbl_dir / p.parent.relative_to(img_dir) / f"{p.stem}{suffix}"
+
+        self._pair(images, label_of, [p.stem for p in images], img_dir)
+        self._describe_cityscapes_ids(lbl_dir)
 
     def _decode_label(self, path: Path) -> np.ndarray:
         return _decode_cityscapes_ids(path, self.train_ids)
@@ -252,6 +301,8 @@ class SynthiaDataset(SegmentationDataset):
         lbl_dir = self._require_dir(self.root / "GT" / "LABELS", "SYNTHIA GT/LABELS")
         images = self._list_images(img_dir, "*.png")
         self._pair(images, lambda p: lbl_dir / p.name, [p.stem for p in images], img_dir)
+        self.label_format = f"SYNTHIA class ids (R channel of 16-bit PNGs) in {lbl_dir}"
+        self.label_map, self.label_map_source = "synthia", "MFuser/DAFormer tools/convert_datasets/synthia.py"
 
     def _decode_label(self, path: Path) -> np.ndarray:
         raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -282,6 +333,7 @@ class CityscapesDataset(SegmentationDataset):
         names = [p.name[: -len("_leftImg8bit.png")] for p in images]
         self._pair(images, label_of, names, img_dir)
         self.stats_dir = gt_dir
+        self._describe_cityscapes_ids(gt_dir)
 
     def _decode_label(self, path: Path) -> np.ndarray:
         return _decode_cityscapes_ids(path, self.train_ids)
@@ -307,6 +359,9 @@ class BDD100KDataset(SegmentationDataset):
         images = self._list_images(img_dir, "*.jpg")
         self._pair(images, lambda p: lbl_dir / f"{p.stem}.png", [p.stem for p in images], img_dir)
         self.stats_dir = lbl_dir
+        self.label_format = f"BDD100K {'train-id masks' if lbl_dir == masks else 'colour maps'} in {lbl_dir}"
+        if lbl_dir != masks:
+            self.label_map, self.label_map_source = "palette", "Cityscapes palette colours -> train ids"
 
     def _decode_label(self, path: Path) -> np.ndarray:
         raw = _read_label_png(path)
@@ -316,19 +371,38 @@ class BDD100KDataset(SegmentationDataset):
 
 
 _MAPILLARY_SPLITS = {"train": "training", "training": "training", "val": "validation", "validation": "validation"}
+# Mapillary label layouts: (image folder, label folder, label suffix), relative to the root; {s} is the split folder
+# (training/validation), {r} Rein's name for it (train/val).
+_MAPILLARY_LAYOUTS: dict[str, tuple[str, str, str]] = {
+    "trainids": ("{s}/images", "{s}/labels", "_labelTrainIds.png"),  # what MFuser's configs read
+    "rein": ("{s}/images", "cityscapes_trainIdLabel/{r}/label", ".png"),  # MFuser's README (Rein's converter)
+    "v1.2": ("{s}/images", "{s}/v1.2/labels", ".png"),
+    "legacy": ("{s}/images", "{s}/labels", ".png"),  # v1.0/1.1 folders, 66 labels
+    "v2.0": ("{s}/images", "{s}/v2.0/labels", ".png"),
+    "half": ("half/{r}_img", "half/{r}_label", ".png"),  # MFuser's README: Rein's half-size validation copy
+}
+_MAPILLARY_CONVERTED = ("trainids", "rein", "half")
 
 
 class MapillaryDataset(SegmentationDataset):
     """Mapillary Vistas, one split (``training``/``validation``; ``train``/``val`` accepted), mapped to 19 classes.
 
-    Label sources, in ``version="auto"`` order: converted ``<split>/labels/*_labelTrainIds.png``;
-    ``<split>/v1.2/labels/*.png``; ``<split>/labels/*.png`` (v1.0/1.1 layout, 66 labels); ``<split>/v2.0/labels``.
-    Native ids are mapped by label **name**, read from ``config_v1.2.json`` / ``config.json`` / ``config_v2.0.json``
-    in the root (v1.2 falls back to the built-in name list when the file is absent; v2.0 requires it).
+    Label layouts (``version``), in ``"auto"`` order; a layout counts when its image and label folders both exist:
+
+    - ``trainids``: ``<split>/labels/*_labelTrainIds.png``, converted train ids (what MFuser's configs read);
+    - ``rein``: ``cityscapes_trainIdLabel/{train,val}/label/*.png``, train ids written by Rein's openseg converter
+      (the layout of MFuser's README), images in ``<split>/images``;
+    - ``v1.2``: ``<split>/v1.2/labels``; ``legacy``: ``<split>/labels`` (v1.0/1.1); ``v2.0``: ``<split>/v2.0/labels``,
+      raw label ids mapped by name with table ``mapping``, names read from ``config_v1.2.json`` / ``config.json`` /
+      ``config_v2.0.json`` in the root (v1.2 falls back to the built-in name list; v2.0 requires the file);
+    - ``half``: ``half/val_img`` and ``half/val_label``, Rein's half-size copy of the validation split (MFuser's
+      README); last in ``auto`` order, as it changes the resolution the numbers are measured at.
 
     Args:
-        version: ``"auto"``, ``"trainids"``, ``"v1.2"``, ``"legacy"`` or ``"v2.0"``.
-        mapping: name table, ``"cityscapes"`` (default) or ``"narrow"`` (see ``training.label_maps``).
+        version: ``"auto"`` or one of the layouts above.
+        mapping: name table for raw labels (``training.label_maps.MAPILLARY_TABLES``), default ``openseg``. For
+            ``trainids`` files it declares which table converted them (for the report; nothing is remapped);
+            ``rein``/``half`` files were converted by ``openseg``, and another table is refused.
     """
 
     def __init__(
@@ -337,54 +411,74 @@ class MapillaryDataset(SegmentationDataset):
         split: str = "validation",
         *,
         version: str = "auto",
-        mapping: str = "cityscapes",
+        mapping: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(root, **kwargs)
         if split not in _MAPILLARY_SPLITS:
             msg = f"Mapillary split {split!r} unknown; valid: {sorted(_MAPILLARY_SPLITS)}"
             raise DatasetError(msg)
-        if mapping not in MAPILLARY_MAPPINGS:
-            msg = f"Mapillary mapping {mapping!r} unknown; valid: {sorted(MAPILLARY_MAPPINGS)}"
+        if mapping is not None and mapping not in MAPILLARY_TABLES:
+            msg = f"Mapillary mapping {mapping!r} unknown; valid: {', '.join(MAPILLARY_TABLES)}"
             raise DatasetError(msg)
         self.split = _MAPILLARY_SPLITS[split]
-        split_dir = self._require_dir(self.root / self.split, f"Mapillary {self.split}")
-        img_dir = self._require_dir(split_dir / "images", f"Mapillary {self.split}/images")
+        self.version = self._detect_version(version)
+        img_dir, lbl_dir, suffix = self._folders(self.version)
         images = self._list_images(img_dir, "*.jpg")
-        self.version = self._detect_version(split_dir, version)
-        if self.version == "trainids":
-            lbl_dir, suffix = split_dir / "labels", "_labelTrainIds.png"
+        self.palette: list[tuple[int, int, int]] | None = None
+        if self.version in _MAPILLARY_CONVERTED:
             self.lut = _IDENTITY_LUT
-            self.palette: list[tuple[int, int, int]] | None = None
+            table = "openseg" if self.version != "trainids" else mapping
+            if mapping is not None and table != mapping:
+                msg = (f"{lbl_dir}: these train ids were converted by the 'openseg' table (Rein's converter); "
+                       f"mapping={mapping!r} applies to raw labels (version v1.2/legacy/v2.0)")
+                raise DatasetError(msg)
+            self.label_format = f"{self.version}: converted train ids in {lbl_dir}"
         else:
-            lbl_dir = {"v1.2": split_dir / "v1.2" / "labels", "legacy": split_dir / "labels"}.get(
-                self.version, split_dir / "v2.0" / "labels"
-            )
-            suffix = ".png"
+            table = mapping or DEFAULT_MAPILLARY_TABLE
             names, self.palette = self._read_config(self.version)
-            self.lut = mapillary_lut(names, mapping)
+            self.lut = mapillary_lut(names, table)
+            self.label_format = f"Mapillary {self.version} label ids ({len(names)} labels) in {lbl_dir}"
+        self.mapping = table
+        if table is None:
+            self.label_map = "unknown"
+            self.label_map_source = (
+                "the converter that wrote these *_labelTrainIds.png files (HRDA's tools/convert_datasets/mapillary.py "
+                "writes this name); pass mapping= to declare it"
+            )
+        else:
+            self.label_map, self.label_map_source = table, MAPILLARY_TABLES[table].source
         self._pair(images, lambda p: lbl_dir / f"{p.stem}{suffix}", [p.stem for p in images], img_dir)
         self.stats_dir = lbl_dir
 
-    def _detect_version(self, split_dir: Path, version: str) -> str:
-        candidates = {
-            "trainids": split_dir / "labels",
-            "v1.2": split_dir / "v1.2" / "labels",
-            "legacy": split_dir / "labels",
-            "v2.0": split_dir / "v2.0" / "labels",
-        }
+    def _folders(self, version: str) -> tuple[Path, Path, str]:
+        img, lbl, suffix = _MAPILLARY_LAYOUTS[version]
+        names = {"s": self.split, "r": "train" if self.split == "training" else "val"}
+        return self.root / img.format(**names), self.root / lbl.format(**names), suffix
+
+    def _detect_version(self, version: str) -> str:
         if version != "auto":
-            if version not in candidates:
-                msg = f"Mapillary version {version!r} unknown; valid: auto, {', '.join(candidates)}"
+            if version not in _MAPILLARY_LAYOUTS:
+                msg = f"Mapillary version {version!r} unknown; valid: auto, {', '.join(_MAPILLARY_LAYOUTS)}"
                 raise DatasetError(msg)
-            self._require_dir(candidates[version], f"Mapillary {version} labels")
+            if version == "half" and self.split != "validation":
+                msg = f"{self.root}: Mapillary version 'half' holds the validation split only"
+                raise DatasetError(msg)
+            img_dir, lbl_dir, _ = self._folders(version)
+            self._require_dir(img_dir, f"Mapillary {version} images")
+            self._require_dir(lbl_dir, f"Mapillary {version} labels")
             return version
-        if next(candidates["trainids"].glob("*_labelTrainIds.png"), None) is not None:
-            return "trainids"
-        for v in ("v1.2", "legacy", "v2.0"):
-            if candidates[v].is_dir():
-                return v
-        msg = f"{split_dir}: no Mapillary label folder (looked for v1.2/labels, labels, v2.0/labels)"
+        for v in _MAPILLARY_LAYOUTS:
+            if v == "half" and self.split != "validation":
+                continue
+            img_dir, lbl_dir, _ = self._folders(v)
+            if not (img_dir.is_dir() and lbl_dir.is_dir()):
+                continue
+            if v == "trainids" and next(lbl_dir.glob("*_labelTrainIds.png"), None) is None:
+                continue  # raw v1.0/1.1 labels in the same folder: "legacy"
+            return v
+        looked = ", ".join(str(self._folders(v)[1].relative_to(self.root)) for v in _MAPILLARY_LAYOUTS)
+        msg = f"{self.root}: no Mapillary {self.split} images with labels (looked for label folders {looked})"
         raise DatasetError(msg)
 
     def _read_config(self, version: str) -> tuple[list[str], list[tuple[int, int, int]] | None]:

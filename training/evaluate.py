@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,14 +85,15 @@ def _split(spec: DatasetSpec, role: str) -> str | None:
 def _construct(spec: DatasetSpec, split: str | None, **kwargs: Any) -> SegmentationDataset:
     root = Path(spec.root)
     if spec.kind == "gtav":
-        return GTAVDataset(root, **kwargs)
+        return GTAVDataset(root, split=split, **kwargs)
     if spec.kind == "synthia":
         return SynthiaDataset(root, **kwargs)
     if spec.kind == "cityscapes":
         return CityscapesDataset(root, split=split or "val", **kwargs)
     if spec.kind == "bdd100k":
         return BDD100KDataset(root, split=split or "val", **kwargs)
-    return MapillaryDataset(root, split=split or "validation", **kwargs)
+    return MapillaryDataset(root, split=split or "validation", version=spec.label_version, mapping=spec.label_map,
+                            **kwargs)
 
 
 def _render(spec: DatasetSpec, root: Path, split: str | None) -> None:
@@ -182,9 +184,13 @@ def sample_grid(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], palet
 
 
 def evaluate_target(segmenter: Segmenter, dataset: SegmentationDataset, scale: tuple[int, int] | None, *,
-                    ctx: DistContext | None = None, max_images: int | None = None,
-                    num_samples: int = 0) -> tuple[ConfusionMatrix, list[tuple[np.ndarray, ...]]]:
+                    ctx: DistContext | None = None, max_images: int | None = None, num_samples: int = 0,
+                    input_sizes: Counter[tuple[int, int]] | None = None,
+                    ) -> tuple[ConfusionMatrix, list[tuple[np.ndarray, ...]]]:
     """Accumulate the confusion matrix of ``segmenter`` over ``dataset`` (this rank's share under DDP).
+
+    ``input_sizes``, when given, counts the (height, width) the images reach the segmenter with (after the
+    resize to ``scale``), over all ranks: with the segmenter's protocol they give the windows per image.
 
     Returns:
         The (all-reduced) confusion matrix and, on rank 0, up to ``num_samples`` (image, gt, pred) rows.
@@ -195,9 +201,11 @@ def evaluate_target(segmenter: Segmenter, dataset: SegmentationDataset, scale: t
     transform = EvalTransform(scale)
     count = len(dataset) if max_images is None else min(len(dataset), max_images)
     samples: list[tuple[np.ndarray, ...]] = []
+    sizes: Counter[tuple[int, int]] = Counter()
     for index in range(ctx.rank, count, ctx.world_size):
         raw = dataset.load(index)
         item = transform(raw)
+        sizes[tuple(item["image"].shape[-2:])] += 1
         scores = segmenter.scores(item["image"].unsqueeze(0))  # (1, K, h', w') at the resized size
         h, w = item["ori_size"]
         if scores.shape[-2:] != (h, w):
@@ -211,6 +219,11 @@ def evaluate_target(segmenter: Segmenter, dataset: SegmentationDataset, scale: t
         torch.distributed.all_reduce(counts)
         cm = ConfusionMatrix(num_classes)
         cm.add_counts(counts.cpu().numpy())
+        gathered: list[Counter | None] = [None] * ctx.world_size
+        torch.distributed.all_gather_object(gathered, sizes)
+        sizes = sum((c for c in gathered if c is not None), Counter())
+    if input_sizes is not None:
+        input_sizes.update(sizes)
     return cm, samples
 
 
@@ -219,7 +232,13 @@ def write_target_report(out_dir: Path, result: TargetResult, class_names: Sequen
     """``iou.md``, ``iou.json`` and (if there are samples) ``samples.png`` under ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = format_table(result.confusion, class_names)
-    (out_dir / "iou.md").write_text(f"# {result.name}\n\n{table}\n", encoding="utf-8")
+    header = f"# {result.name}\n\n"
+    if "inference" in result.metrics:
+        header += f"Inference: {result.metrics['inference']['summary']}\n\n"
+    if "ground_truth" in result.metrics:
+        gt = result.metrics["ground_truth"]
+        header += f"Ground truth: {gt['labels']}; label map {gt['label_map']} ({gt['label_map_source']})\n\n"
+    (out_dir / "iou.md").write_text(f"{header}{table}\n", encoding="utf-8")
     (out_dir / "iou.json").write_text(json.dumps(result.metrics, indent=1), encoding="utf-8")
     if samples:
         grid = sample_grid(samples, palette)
@@ -242,10 +261,17 @@ def evaluate_targets(model: MFuser, targets: Sequence[DatasetSpec], cfg: EvalCon
     summary: dict[str, Any] = {}
     for spec in targets:
         dataset = open_dataset(spec, role="target", generate=generate, ctx=ctx)
-        cm, samples = evaluate_target(segmenter, dataset, eval_scale(spec), ctx=ctx, max_images=spec.max_images,
-                                      num_samples=cfg.num_samples)
+        scale = eval_scale(spec)
+        sizes: Counter[tuple[int, int]] = Counter()
+        cm, samples = evaluate_target(segmenter, dataset, scale, ctx=ctx, max_images=spec.max_images,
+                                      num_samples=cfg.num_samples, input_sizes=sizes)
         metrics = cm.to_dict(class_names)
         metrics["images"] = len(dataset) if spec.max_images is None else min(len(dataset), spec.max_images)
+        metrics["ground_truth"] = dataset.ground_truth_info()
+        resize = f"resized keeping the ratio to fit {scale[0]}x{scale[1]} (w x h)" if scale else "native size"
+        metrics["inference"] = {**segmenter.protocol.record(sizes),
+                                "resize_box": list(scale) if scale is not None else None,
+                                "summary": f"{resize}, then {segmenter.protocol.describe(sizes)}"}
         result = TargetResult(spec.name, cm, metrics)
         results[spec.name] = result
         summary[spec.name] = metrics["mIoU"]

@@ -8,12 +8,14 @@ against cityscapesscripts' own label definitions.
   (``SYNTHIA_TO_TRAIN``, from the MFuser/DAFormer converter; terrain, truck and train never occur in SYNTHIA).
 - Mapillary Vistas: keyed by label **name**, because v1.2 (66 labels) and v2.0 (124 labels) number their labels
   differently; the ids are read from the dataset's ``config_v1.2.json`` / ``config_v2.0.json`` at load time.
-  Two tables exist, see :data:`MAPILLARY_MAPPINGS`.
+  Published DG numbers use different tables, so each is a :class:`MapillaryTable` that names its source (reports
+  print it): ``openseg`` (default), ``narrow`` and ``definitions``, see :data:`MAPILLARY_TABLES`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,15 +23,19 @@ from mfuser_model.classes import CITYSCAPES_LABEL_TO_TRAIN, IGNORE_INDEX
 
 __all__ = [
     "CITYSCAPES_LABEL_TO_TRAIN",
+    "DEFAULT_MAPILLARY_TABLE",
     "MAPILLARY_CITYSCAPES_DEFINITIONS",
-    "MAPILLARY_MAPPINGS",
     "MAPILLARY_NARROW",
+    "MAPILLARY_OPENSEG",
+    "MAPILLARY_TABLES",
     "MAPILLARY_V12_NAMES",
     "SYNTHIA_TO_TRAIN",
     "TRAIN_TO_CITYSCAPES_LABEL",
+    "MapillaryTable",
     "build_lut",
     "mapillary_lut",
     "mapillary_name_to_train_id",
+    "mapillary_table",
 ]
 
 # Inverse (train id -> Cityscapes labelId); ignore goes to 0 "unlabeled". Used to write GTAV/Cityscapes-layout
@@ -65,7 +71,8 @@ MAPILLARY_V12_NAMES: tuple[str, ...] = (
     "void--unlabeled",
 )
 
-# "cityscapes": Mapillary name -> train id following the Cityscapes class *definitions* (default).
+# "definitions": Mapillary name -> train id following the Cityscapes class *definitions* (this project's own reading;
+# it matches no published converter, so its numbers are not comparable with papers'; kept to reproduce earlier runs).
 # Name (v1.2 / v2.0 spelling)                  -> class          why
 #   construction--flat--road                   -> road
 #   construction--flat--bike-lane              -> road           Cityscapes: lanes delimited only by markings are road
@@ -137,7 +144,7 @@ MAPILLARY_CITYSCAPES_DEFINITIONS: dict[str, int] = {
     "object--vehicle--motorcycle": 17,
     "object--vehicle--bicycle": 18,
 }
-# Name prefixes mapped as a group in the "cityscapes" table (v2.0 splits these into many labels).
+# Name prefixes mapped as a group in the "definitions" table (v2.0 splits these into many labels).
 _CITYSCAPES_PREFIXES: tuple[tuple[str, int], ...] = (
     ("marking--", 0),
     ("marking-only--", 0),
@@ -176,38 +183,162 @@ MAPILLARY_NARROW: dict[str, int] = {
     "object--vehicle--bicycle": 18,
 }
 
-MAPILLARY_MAPPINGS: dict[str, dict[str, int]] = {
-    "cityscapes": MAPILLARY_CITYSCAPES_DEFINITIONS,
-    "narrow": MAPILLARY_NARROW,
+# "openseg": openseg.pytorch's mapillary2cityscape converter, as Rein ships it; its output is the layout MFuser's
+# README shows (cityscapes_trainIdLabel/{train,val}/label, half/val_{img,label}). The converter matches each label's
+# *readable* name (lower case, spaces and "-" removed): a Cityscapes class name exactly; else, in order, "trafficsign"
+# or "front" or "back" -> traffic sign; "onrail" -> train; "cyclist" or "rider" -> rider; "pole" or "streetlight"
+# -> pole; "curb" or "pedestrianarea" -> sidewalk; "crosswalkplain", "parking", "bikelane", "servicelane" or
+# "lanemarking" -> road; anything else -> ignore. Below is that rule evaluated on the readable names of
+# config_v1.2.json and config_v2.0.json (both versions agree on every shared name), keyed by name. Its surprises:
+# parking, parking aisle and parking *meter* are road; traffic-sign frame and "Signage - Back" are traffic sign;
+# street light is pole; sand, manhole and pothole are ignored; v2.0's traffic lights ("Traffic Light - General
+# (Single)" ...) match no exact name and are ignored, except "Traffic Light - Cyclists", which is rider.
+MAPILLARY_OPENSEG: dict[str, int] = {
+    "construction--flat--road": 0,
+    "construction--flat--bike-lane": 0,
+    "construction--flat--crosswalk-plain": 0,
+    "construction--flat--parking": 0,
+    "construction--flat--parking-aisle": 0,
+    "construction--flat--service-lane": 0,
+    "object--parking-meter": 0,
+    "marking--general": 0,
+    "marking--crosswalk-zebra": 0,
+    "marking--continuous--dashed": 0,
+    "marking--continuous--solid": 0,
+    "marking--continuous--zigzag": 0,
+    "marking--discrete--ambiguous": 0,
+    "marking--discrete--arrow--left": 0,
+    "marking--discrete--arrow--other": 0,
+    "marking--discrete--arrow--right": 0,
+    "marking--discrete--arrow--split-left-or-straight": 0,
+    "marking--discrete--arrow--split-right-or-straight": 0,
+    "marking--discrete--arrow--straight": 0,
+    "marking--discrete--crosswalk-zebra": 0,
+    "marking--discrete--give-way-row": 0,
+    "marking--discrete--give-way-single": 0,
+    "marking--discrete--hatched--chevron": 0,
+    "marking--discrete--hatched--diagonal": 0,
+    "marking--discrete--other-marking": 0,
+    "marking--discrete--stop-line": 0,
+    "marking--discrete--symbol--bicycle": 0,
+    "marking--discrete--symbol--other": 0,
+    "marking--discrete--text": 0,
+    "marking-only--continuous--dashed": 0,
+    "marking-only--discrete--crosswalk-zebra": 0,
+    "marking-only--discrete--other-marking": 0,
+    "marking-only--discrete--text": 0,
+    "construction--flat--sidewalk": 1,
+    "construction--barrier--curb": 1,
+    "construction--flat--curb-cut": 1,
+    "construction--flat--pedestrian-area": 1,
+    "construction--structure--building": 2,
+    "construction--barrier--wall": 3,
+    "construction--barrier--fence": 4,
+    "object--support--pole": 5,
+    "object--support--pole-group": 5,
+    "object--support--utility-pole": 5,
+    "object--street-light": 5,
+    "object--traffic-light": 6,
+    "object--traffic-sign--front": 7,
+    "object--traffic-sign--back": 7,
+    "object--support--traffic-sign-frame": 7,
+    "object--sign--back": 7,
+    "object--traffic-sign--ambiguous": 7,
+    "object--traffic-sign--direction-back": 7,
+    "object--traffic-sign--direction-front": 7,
+    "object--traffic-sign--information-parking": 7,
+    "object--traffic-sign--temporary-back": 7,
+    "object--traffic-sign--temporary-front": 7,
+    "nature--vegetation": 8,
+    "nature--terrain": 9,
+    "nature--sky": 10,
+    "human--person": 11,
+    "human--person--individual": 11,
+    "human--rider--bicyclist": 12,
+    "human--rider--motorcyclist": 12,
+    "human--rider--other-rider": 12,
+    "object--traffic-light--cyclists": 12,
+    "object--vehicle--car": 13,
+    "object--vehicle--truck": 14,
+    "object--vehicle--bus": 15,
+    "object--vehicle--on-rails": 16,
+    "object--vehicle--motorcycle": 17,
+    "object--vehicle--bicycle": 18,
 }
 
 
-def mapillary_name_to_train_id(name: str, mapping: str = "cityscapes") -> int:
-    """Train id (0..18) of a Mapillary label name, or 255 when it has no Cityscapes counterpart.
+@dataclass(frozen=True)
+class MapillaryTable:
+    """One Mapillary -> Cityscapes table: train ids by label name, and the converter it reproduces.
 
-    Args:
-        name: Mapillary label name, e.g. ``"construction--flat--road"``.
-        mapping: ``"cityscapes"`` (class definitions, default) or ``"narrow"`` (DAFormer-family converter).
+    Attributes:
+        name: the key in :data:`MAPILLARY_TABLES` (what ``mapping=`` takes).
+        source: who wrote the table and where, with a URL; reports print it beside the numbers.
+        ids: label name -> train id; names absent map to 255.
+        prefixes: ``(name prefix, train id)`` pairs for names not in ``ids`` (first match wins).
+    """
+
+    name: str
+    source: str
+    ids: Mapping[str, int]
+    prefixes: tuple[tuple[str, int], ...] = field(default=())
+
+    def train_id(self, label_name: str) -> int:
+        """Train id (0..18) of a Mapillary label name, or 255 when this table has no class for it."""
+        if label_name in self.ids:
+            return self.ids[label_name]
+        for prefix, train_id in self.prefixes:
+            if label_name.startswith(prefix):
+                return train_id
+        return IGNORE_INDEX
+
+
+MAPILLARY_TABLES: dict[str, MapillaryTable] = {
+    "openseg": MapillaryTable(
+        "openseg",
+        "openseg.pytorch mapillary2cityscape, as Rein ships it (the layout in MFuser's README): "
+        "https://github.com/w1oves/Rein/blob/main/tools/convert_datasets/mapillary2cityscape.py",
+        MAPILLARY_OPENSEG,
+    ),
+    "narrow": MapillaryTable(
+        "narrow",
+        "HRDA/MIC tools/convert_datasets/mapillary.py (v1.2 ids 66 -> 19; v2.0 read by the same names): "
+        "https://github.com/lhoyer/HRDA/blob/master/tools/convert_datasets/mapillary.py",
+        MAPILLARY_NARROW,
+    ),
+    "definitions": MapillaryTable(
+        "definitions",
+        "this project's reading of the Cityscapes class definitions (training/label_maps.py); matches no "
+        "published converter",
+        MAPILLARY_CITYSCAPES_DEFINITIONS,
+        _CITYSCAPES_PREFIXES,
+    ),
+}
+# The table behind MFuser's README layout (see MAPILLARY_OPENSEG).
+DEFAULT_MAPILLARY_TABLE = "openseg"
+
+
+def mapillary_table(mapping: str = DEFAULT_MAPILLARY_TABLE) -> MapillaryTable:
+    """The table named ``mapping``.
 
     Raises:
         KeyError: unknown ``mapping`` (the message lists the valid ones).
     """
-    if mapping not in MAPILLARY_MAPPINGS:
-        msg = f"unknown Mapillary mapping {mapping!r}; valid: {sorted(MAPILLARY_MAPPINGS)}"
+    if mapping not in MAPILLARY_TABLES:
+        msg = f"unknown Mapillary mapping {mapping!r}; valid: {', '.join(MAPILLARY_TABLES)}"
         raise KeyError(msg)
-    table = MAPILLARY_MAPPINGS[mapping]
-    if name in table:
-        return table[name]
-    if mapping == "cityscapes":
-        for prefix, train_id in _CITYSCAPES_PREFIXES:
-            if name.startswith(prefix):
-                return train_id
-    return IGNORE_INDEX
+    return MAPILLARY_TABLES[mapping]
 
 
-def mapillary_lut(names: Sequence[str], mapping: str = "cityscapes") -> np.ndarray:
+def mapillary_name_to_train_id(name: str, mapping: str = DEFAULT_MAPILLARY_TABLE) -> int:
+    """Train id (0..18) of a Mapillary label name under table ``mapping``, or 255 when it has no counterpart."""
+    return mapillary_table(mapping).train_id(name)
+
+
+def mapillary_lut(names: Sequence[str], mapping: str = DEFAULT_MAPILLARY_TABLE) -> np.ndarray:
     """256-entry uint8 lookup table from Mapillary label ids (the index in ``names``) to train ids."""
-    return build_lut({i: mapillary_name_to_train_id(n, mapping) for i, n in enumerate(names)})
+    table = mapillary_table(mapping)
+    return build_lut({i: table.train_id(n) for i, n in enumerate(names)})
 
 
 def build_lut(table: Mapping[int, int], size: int = 256, default: int = IGNORE_INDEX) -> np.ndarray:

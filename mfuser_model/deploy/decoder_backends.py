@@ -8,7 +8,8 @@ text)` returns `(B, K, h, w)` directly. `attach_decoder_backend(model, name)` pu
 `build_segmenter(model, decoder_backend=...)` does that and returns a `Segmenter`.
 
 Spatial sizes are fixed per exported graph. With an explicit `onnx_path` the backend serves that one size (the crop
-size of sliding-window inference, or one configured whole-image size) and rejects others with a clear error. Without
+size of sliding-window inference, or one configured whole-image size) and rejects others with a clear error (an image
+side below the crop gives a smaller window, decoded unpadded as the reference does, so it needs its own export). Without
 one, the backend exports the attached head once per new input size into a cache folder (file names carry a hash of
 the head's weights), so whole-image inference of several sizes also works, at the cost of one export (and for
 TensorRT one engine build) per size.

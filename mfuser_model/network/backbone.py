@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from mfuser_model.network.encoders import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    POS_RESAMPLE,
     SIGLIP_MEAN,
     SIGLIP_STD,
     EncoderSpec,
@@ -117,8 +118,9 @@ class FusedBackbone(nn.Module):
             self.adapter_proj3 = nn.Linear(vfm_spec.embed_dim, dim, **dd)
         self.pyramid = SimplePyramid(vfm_spec.embed_dim + dim, **dd)
         # Block-by-block views of the two encoders (plain objects: they hold no parameters of their own).
-        self._vfm = TokenStream(self.vfm)
-        self._vlm = TokenStream(self.vlm, double_class_embedding=vlm_kind == "clip")
+        self._vfm = TokenStream(self.vfm, pos_resample=POS_RESAMPLE["dinov2"])
+        self._vlm = TokenStream(self.vlm, double_class_embedding=vlm_kind == "clip",
+                                pos_resample=POS_RESAMPLE[vlm_kind])
 
     def _fuse(self, index: int, v: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         v = self._vfm.block(index, v)

@@ -5,7 +5,7 @@ and a writer that always leaves a valid rosbag2.
 ``AnyReader`` and yields plain ``(timestamp_ns, BagMessage)`` tuples in time order. rosbags refuses a truncated
 file outright (an MCAP without its footer, an SQLite file shorter than its header says), which would throw away
 every frame before the damage; for those two storages the reader falls back to reading the file front to back
-(:func:`mcap_salvage`, :func:`sqlite_salvage`) and raises :class:`BagReadError` naming the file and the byte or row
+(:mod:`mfuser_ros.replay.salvage`) and raises :class:`BagReadError` naming the file and the byte or row
 where the data ends, after yielding everything before it.
 
 :class:`BagOutput` writes a rosbag2 (mcap or sqlite3, with ``metadata.yaml``) through rosbags' ``Writer``;
@@ -14,13 +14,8 @@ closing it — also after Ctrl-C or an error — finishes the file, so partial r
 
 from __future__ import annotations
 
-import shutil
-import sqlite3
-import struct
-import tempfile
 import threading
-import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -29,6 +24,7 @@ import numpy as np
 
 from mfuser_model.errors import MFuserError
 from mfuser_ros.node.camera_info import CameraInfoData, camera_info_from_message
+from mfuser_ros.replay.salvage import BagReadError, mcap_salvage, salvage, sqlite_salvage
 
 __all__ = [
     "CAMERA_INFO_TYPE",
@@ -49,12 +45,6 @@ IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 IMAGE_TYPES: frozenset[str] = frozenset({IMAGE_TYPE, COMPRESSED_TYPE})
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
-
-_MCAP_MAGIC = b"\x89MCAP0\r\n"
-
-
-class BagReadError(MFuserError):
-    """A bag cannot be read (further): the message names the file and, where known, the position."""
 
 
 class TopicInfo(NamedTuple):
@@ -132,182 +122,37 @@ def _connection_qos(connections: Sequence[Any]) -> tuple:
     return tuple(dict.fromkeys(profiles))  # one entry per distinct profile, in recording order
 
 
+def _storage_pairs(reader: Any) -> dict[tuple[int, int], list[Any]]:
+    """Connections to read a rosbag2 directory's topics by, where metadata.yaml and the storage disagree on QoS.
+
+    rosbags pairs a metadata.yaml topic with the storage's (mcap channel, sqlite3 ``topics`` row) only when the
+    offered QoS profiles are equal too. ROS 2's own recordings break that: the rosbag2_py talker bags list every QoS
+    duration as 0 in metadata.yaml while the storage holds the rmw's "infinite" {2147483647 s, 4294967295 ns}, and
+    rosbags then reads no message from the directory. rosbag2 reads messages by the storage's topic and type, so
+    do the same: such a topic is read through its storage connections' QoS. Keyed by (id(owner), connection id).
+    """
+    from rosbags.rosbag2.reader import DirectoryReader  # noqa: PLC0415
+
+    pairs: dict[tuple[int, int], list[Any]] = {}
+    for sub in getattr(reader, "readers", ()):
+        directory = getattr(sub, "storage", None)
+        if not isinstance(directory, DirectoryReader):  # a bare .mcap/.db3: its connections are the storage's
+            continue
+        stored = [c for storage in directory.storages for c in storage.connections]  # rosbags 0.11 (pinned)
+        for conn in directory.connections:
+            same = [c for c in stored if c.topic == conn.topic and c.msgtype == conn.msgtype]
+            if same and all(c.ext != conn.ext for c in same):
+                exts = [c.ext for c in same]
+                distinct = [e for i, e in enumerate(exts) if e not in exts[:i]]  # unhashable (lists of Qos)
+                pairs[(id(conn.owner), conn.id)] = [conn._replace(ext=e) for e in distinct]
+    return pairs
+
+
 def _storage_files(path: Path) -> list[Path]:
     """The storage files of a bag path: the file itself, or the .mcap/.db3 files of a rosbag2 directory."""
     if path.is_dir():
         return sorted(p for p in path.iterdir() if p.suffix in (".mcap", ".db3"))
     return [path]
-
-
-# ---- salvage readers ------------------------------------------------------------------------------------------------
-def _u16(b: bytes, o: int) -> int:
-    return struct.unpack_from("<H", b, o)[0]
-
-
-def _u32(b: bytes, o: int) -> int:
-    return struct.unpack_from("<I", b, o)[0]
-
-
-def _u64(b: bytes, o: int) -> int:
-    return struct.unpack_from("<Q", b, o)[0]
-
-
-def _mcap_string(b: bytes, o: int) -> tuple[str, int]:
-    n = _u32(b, o)
-    return b[o + 4: o + 4 + n].decode("utf-8"), o + 4 + n
-
-
-def _mcap_decompress(data: bytes, compression: str, size: int) -> bytes:
-    if compression == "":
-        return data
-    if compression == "zstd":
-        try:
-            from compression import zstd  # type: ignore[import-not-found]  # noqa: PLC0415  (Python 3.14+)
-        except ImportError:
-            from backports import zstd  # noqa: PLC0415
-        return zstd.decompress(data)
-    if compression == "lz4":
-        import lz4.frame  # noqa: PLC0415
-
-        return lz4.frame.decompress(data)
-    msg = f"unsupported chunk compression {compression!r}"
-    raise ValueError(msg)
-
-
-def _mcap_records(data: bytes, base: int) -> Iterator[tuple[int, int, bytes]]:
-    """(opcode, absolute offset, content) of each record in an in-memory record stream (a chunk's body)."""
-    pos = 0
-    while pos < len(data):
-        if pos + 9 > len(data):
-            msg = f"record header cut short at byte {base + pos}"
-            raise ValueError(msg)
-        op, length = data[pos], _u64(data, pos + 1)
-        if pos + 9 + length > len(data):
-            msg = f"record 0x{op:02x} at byte {base + pos} runs past its chunk"
-            raise ValueError(msg)
-        yield op, base + pos, data[pos + 9: pos + 9 + length]
-        pos += 9 + length
-
-
-def mcap_salvage(path: Path) -> Iterator[tuple[str, str, int, bytes]]:
-    """Read an MCAP file front to back, without its index: yield ``(topic, msgtype, log_time_ns, raw)``.
-
-    Raises:
-        BagReadError: at the first record that is cut short or corrupt (after yielding every earlier message),
-            or when the file ends before its footer; the message names the file and the byte offset.
-    """
-    schemas: dict[int, str] = {}
-    channels: dict[int, tuple[str, int]] = {}
-
-    def handle(op: int, content: bytes) -> tuple[str, str, int, bytes] | None:
-        if op == 0x03:  # Schema: id, name, encoding, data
-            schemas[_u16(content, 0)] = _mcap_string(content, 2)[0]
-        elif op == 0x04:  # Channel: id, schema_id, topic, message_encoding, metadata
-            channels[_u16(content, 0)] = (_mcap_string(content, 4)[0], _u16(content, 2))
-        elif op == 0x05:  # Message: channel_id, sequence, log_time, publish_time, data
-            channel_id = _u16(content, 0)
-            if channel_id not in channels:
-                msg = f"message on channel {channel_id}, which was never defined"
-                raise ValueError(msg)
-            topic, schema_id = channels[channel_id]
-            return topic, schemas.get(schema_id, ""), _u64(content, 6), bytes(content[22:])
-        return None
-
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        if f.read(8) != _MCAP_MAGIC:
-            msg = f"{path}: not an MCAP file (bad magic at byte 0)"
-            raise BagReadError(msg)
-        while True:
-            pos = f.tell()
-            head = f.read(9)
-            if not head:
-                msg = f"{path}: file ends at byte {pos} without the MCAP footer (truncated)"
-                raise BagReadError(msg)
-            if len(head) < 9:
-                msg = f"{path}: record header at byte {pos} is cut short (truncated file, {size} bytes)"
-                raise BagReadError(msg)
-            op, length = head[0], _u64(head, 1)
-            if op in (0x02, 0x0F):  # Footer or DataEnd: every message has been seen
-                return
-            if length > size - pos - 9:
-                msg = (f"{path}: record 0x{op:02x} at byte {pos} declares {length} bytes but the file ends after "
-                       f"{size - pos - 9} (truncated)")
-                raise BagReadError(msg)
-            content = f.read(length)
-            try:
-                if op == 0x06:  # Chunk: start, end, uncompressed size, crc, compression, records
-                    usize, crc = _u64(content, 16), _u32(content, 24)
-                    compression, o = _mcap_string(content, 28)
-                    records = _mcap_decompress(content[o + 8: o + 8 + _u64(content, o)], compression, usize)
-                    if len(records) != usize or (crc and zlib.crc32(records) != crc):
-                        msg = "chunk size or checksum mismatch"
-                        raise ValueError(msg)
-                    # Decode the whole chunk before yielding, so a corrupt chunk yields nothing half-read.
-                    found = [m for op_, _, c in _mcap_records(records, pos) if (m := handle(op_, c)) is not None]
-                    yield from found
-                elif (m := handle(op, content)) is not None:
-                    yield m
-            except (ValueError, struct.error, UnicodeDecodeError, MemoryError, RuntimeError) as err:
-                msg = f"{path}: corrupt record 0x{op:02x} at byte {pos}: {err}"
-                raise BagReadError(msg) from err
-
-
-def sqlite_salvage(path: Path) -> Iterator[tuple[str, str, int, bytes]]:
-    """Read a rosbag2 SQLite file row by row: yield ``(topic, msgtype, timestamp_ns, raw)`` in row order.
-
-    SQLite refuses a file shorter than the page count in its header; a temporary copy with the count set to the
-    pages that exist opens, and rows read until the first one whose pages are missing.
-
-    Raises:
-        BagReadError: at the first unreadable row (after yielding every earlier one), naming the file and row.
-    """
-    with tempfile.TemporaryDirectory(prefix="mfuser-salvage-") as tmp:
-        copy = Path(tmp) / path.name
-        shutil.copyfile(path, copy)
-        with copy.open("r+b") as f:
-            header = f.read(100)
-            if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
-                msg = f"{path}: not an SQLite database (bad header)"
-                raise BagReadError(msg)
-            page_size = struct.unpack(">H", header[16:18])[0]
-            page_size = 65536 if page_size == 1 else page_size
-            file_size = copy.stat().st_size
-            pages = file_size // page_size
-            truncated = struct.unpack(">I", header[28:32])[0] > pages or file_size % page_size != 0
-            f.truncate(pages * page_size)
-            f.seek(28)
-            f.write(struct.pack(">I", pages))
-        con = sqlite3.connect(f"file:{copy}?mode=ro&immutable=1", uri=True)
-        last_row = 0
-        try:
-            try:
-                topics = {i: (n, t) for i, n, t in con.execute("SELECT id, name, type FROM topics")}
-            except sqlite3.DatabaseError as err:
-                msg = f"{path}: the topics table is unreadable ({err})"
-                raise BagReadError(msg) from err
-            try:
-                for row_id, topic_id, timestamp, data in con.execute(
-                        "SELECT id, topic_id, timestamp, data FROM messages"):
-                    last_row = row_id
-                    name, msgtype = topics.get(topic_id, (f"<topic {topic_id}>", ""))
-                    yield name, msgtype, int(timestamp), bytes(data)
-            except sqlite3.DatabaseError as err:
-                msg = f"{path}: unreadable after message row {last_row} ({err}; truncated or corrupt file)"
-                raise BagReadError(msg) from err
-            if truncated:  # the patched copy reads "complete", but rows past the cut are gone
-                msg = f"{path}: the file is shorter than its header says (truncated after message row {last_row})"
-                raise BagReadError(msg)
-        finally:
-            con.close()
-
-
-def _salvage(files: Sequence[Path]) -> Iterator[tuple[str, str, int, bytes]]:
-    for file in files:
-        if file.suffix == ".mcap":
-            yield from mcap_salvage(file)
-        else:
-            yield from sqlite_salvage(file)
 
 
 # ---- reader ---------------------------------------------------------------------------------------------------------
@@ -332,30 +177,32 @@ class BagInput:
         self.is_ros2 = self.path.suffix != ".bag"
         self._reader: Any = None
         self._salvage_topics: dict[str, TopicInfo] | None = None
+        self._pairs: dict[tuple[int, int], list[Any]] = {}
         self.salvage_error: str | None = None
 
     def open(self) -> None:
         """Open the bag; a truncated mcap/db3 switches to salvage mode instead of failing."""
-        from rosbags.highlevel import AnyReader, AnyReaderError  # noqa: PLC0415
+        from rosbags.highlevel import AnyReader  # noqa: PLC0415
 
         try:
             reader = AnyReader([self.path], default_typestore=self.typestore)
             reader.open()
-        except (AnyReaderError, FileNotFoundError, OSError) as err:
+        except Exception as err:  # AnyReaderError, but also TypeError/struct.error on some damage
             files = _storage_files(self.path)
             if not files or not all(p.suffix in (".mcap", ".db3") for p in files):
                 msg = f"{self.path}: cannot open bag: {err}"
                 raise BagReadError(msg) from err
             self.damaged = f"{err}".strip() or type(err).__name__
-            self._salvage_topics = self._scan_salvage(files)
+            self._salvage_topics = self._scansalvage(files)
             return
         self._reader = reader
+        self._pairs = _storage_pairs(reader)
         self.is_ros2 = reader.is2
 
-    def _scan_salvage(self, files: Sequence[Path]) -> dict[str, TopicInfo]:
+    def _scansalvage(self, files: Sequence[Path]) -> dict[str, TopicInfo]:
         counts: dict[str, list[Any]] = {}
         try:
-            for topic, msgtype, _, _ in _salvage(files):
+            for topic, msgtype, _, _ in salvage(files):
                 counts.setdefault(topic, [msgtype, 0])[1] += 1
         except BagReadError as err:
             # Raised again, after the messages before it, when they are read for real; kept for "nothing readable".
@@ -395,8 +242,14 @@ class BagInput:
             return self._reader.deserialize(raw, msgtype)
         return self.typestore.deserialize_cdr(raw, msgtype)
 
-    def messages(self, topics: Sequence[str]) -> Iterator[tuple[int, BagMessage]]:
+    def messages(self, topics: Sequence[str], on_undecodable: Callable[[str, int, str], None] | None = None,
+                 ) -> Iterator[tuple[int, BagMessage]]:
         """Messages of ``topics`` in bag order, deserialized.
+
+        Args:
+            topics: the topics to read.
+            on_undecodable: called with (topic, timestamp, error) for a message whose bytes do not deserialize
+                (e.g. a bit flip in its chunk), which is then skipped; without it, such a message ends the read.
 
         Raises:
             BagReadError: the bag breaks off; every message before the break has been yielded.
@@ -404,25 +257,37 @@ class BagInput:
         wanted = set(topics)
         count, last = 0, None
         if self._salvage_topics is not None:
-            for topic, msgtype, timestamp, raw in _salvage(_storage_files(self.path)):
-                if topic in wanted:
-                    yield timestamp, BagMessage(topic, msgtype, raw, self.deserialize(raw, msgtype))
-            return
-        connections = [c for c in self._reader.connections if c.topic in wanted]
-        iterator = self._reader.messages(connections=connections)
+            items: Iterator[tuple[str, str, int, bytes]] = (
+                m for m in salvage(_storage_files(self.path)) if m[0] in wanted)
+        else:
+            connections = [paired for c in self._reader.connections if c.topic in wanted
+                           for paired in self._pairs.get((id(c.owner), c.id), [c])]
+            if not connections:  # rosbags reads every topic when given none
+                return
+            items = ((c.topic, c.msgtype, ts, raw) for c, ts, raw in self._reader.messages(connections=connections))
         while True:
+            where = f"after message {count}" + (f" (log time {last} ns)" if last is not None else "")
             try:
-                item = next(iterator, None)
-                if item is None:
-                    return
-                connection, timestamp, raw = item
-                msg = self.deserialize(raw, connection.msgtype)
+                item = next(items, None)
+            except BagReadError:
+                raise
             except Exception as err:  # rosbags, apsw, zstd and struct errors alike: re-raised with the position
-                where = f"after message {count}" + (f" (log time {last} ns)" if last is not None else "")
                 msg_ = f"{self.path}: cannot read {where}: {type(err).__name__}: {err}"
                 raise BagReadError(msg_) from err
+            if item is None:
+                return
+            topic, msgtype, timestamp, raw = item
             count, last = count + 1, timestamp
-            yield timestamp, BagMessage(connection.topic, connection.msgtype, bytes(raw), msg)
+            try:
+                msg = self.deserialize(raw, msgtype)
+            except Exception as err:  # rosbags serde errors; the next message is read as usual
+                error = f"{self.path}: message {count} on {topic} (log time {timestamp} ns) does not deserialize " \
+                        f"as {msgtype}: {type(err).__name__}: {err}"
+                if on_undecodable is None:
+                    raise BagReadError(error) from err
+                on_undecodable(topic, timestamp, error)
+                continue
+            yield timestamp, BagMessage(topic, msgtype, bytes(raw), msg)
 
 
 # ---- writer ---------------------------------------------------------------------------------------------------------

@@ -96,9 +96,6 @@ def options_from_args(args: argparse.Namespace) -> ReplayOptions:
     if not node.checkpoint and not args.preset:
         msg = "give --checkpoint MODEL.safetensors (or --preset NAME for an untrained model, smoke tests only)"
         raise ReplayError(msg)
-    if args.rate <= 0:
-        msg = f"--rate must be > 0, got {args.rate}"
-        raise ReplayError(msg)
     return ReplayOptions(bag=args.bag, out=args.out, node=node, topics=tuple(args.topics),
                          gt_topics=_parse_gt_topics(args.gt_topic), gt_dir=args.gt_dir, gt_key=args.gt_key,
                          gt_format=args.gt_format, storage=args.storage, realtime=args.realtime, rate=args.rate,
@@ -116,6 +113,9 @@ def _print_result(result: ReplayResult) -> None:
         m = cam["metrics"]
         miou = f"{100 * m['mIoU']:.2f}" if m and m["mIoU"] is not None else "n/a"
         print(f"  {name or '/'}: {cam['frames_out']} frames, mIoU {miou}")
+    if s["frames"]["gt_failed"] or s["frames"]["undecodable"]:
+        print(f"skipped: {s['frames']['undecodable']} camera and {s['frames']['gt_failed']} ground-truth messages "
+              "that could not be used (first error of each topic: metrics.json unusable_messages)", file=sys.stderr)
     if overall and overall["mIoU"] is not None:
         print(f"overall mIoU {100 * overall['mIoU']:.2f}, pixel accuracy {100 * overall['aAcc']:.2f}")
     if lat["p50"] is not None:

@@ -26,6 +26,7 @@ from mfuser_model.classes import (
 )
 from mfuser_model.errors import MFuserError
 from mfuser_model.metrics import ConfusionMatrix, format_table
+from mfuser_ros.replay.options import GtFormat
 
 __all__ = [
     "CITYSCAPES_LABEL_TO_TRAIN",
@@ -41,7 +42,6 @@ __all__ = [
     "write_report",
 ]
 
-GtFormat = Literal["labelids", "trainids"]
 
 
 def gt_lut(fmt: GtFormat, num_classes: int = len(CITYSCAPES_CLASSES)) -> np.ndarray:
@@ -349,6 +349,7 @@ def write_report(out_dir: Path, summary: dict[str, Any], evaluator: Evaluator | 
         f"- output bag: `{summary['output_bag']}` ({summary['storage']})",
         f"- model: `{summary['model']['checkpoint'] or summary['model']['preset']}` on {summary['model']['device']}",
         f"- mode: {summary['mode']}",
+        *([f"- inference: {summary['model']['inference']['summary']}"] if summary["model"].get("inference") else []),
         f"- frames: {summary['frames']['read']} read, {summary['frames']['processed']} segmented, "
         f"{summary['frames']['dropped']} dropped, {summary['frames']['failed']} failed, "
         f"{summary['frames']['evaluated']} with ground truth",

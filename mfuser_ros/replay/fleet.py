@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mfuser_model.config_io import NonNegFloat, NonNegInt, PosFloat, PosInt, check_fields
 from mfuser_model.errors import MFuserError
 from mfuser_ros.replay.fleet_jobs import (
     BagJob,
@@ -73,15 +74,18 @@ class FleetOptions:
     bags: tuple[Path, ...]
     out: Path
     replay: ReplayOptions
-    workers: int = 0
+    workers: NonNegInt = 0
     ray_address: str | None = None
-    cpus_per_bag: float = 1.0
-    gpus_per_bag: float = 0.0
-    retries: int = 2
-    bag_timeout_s: float = 0.0
+    cpus_per_bag: PosFloat = 1.0
+    gpus_per_bag: NonNegFloat = 0.0
+    retries: NonNegInt = 2
+    bag_timeout_s: NonNegFloat = 0.0
     redo: bool = False
-    worst: int = 10
-    object_store_mb: int = 256
+    worst: NonNegInt = 10
+    object_store_mb: PosInt = 256
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass
@@ -407,9 +411,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        if args.retries < 0 or args.workers < 0 or args.cpus_per_bag <= 0 or args.worst < 0:
-            msg = "--retries, --workers and --worst must be >= 0 and --cpus-per-bag > 0"
-            raise FleetError(msg)
         bags = expand_bags(args.bags, args.bag_list)
         replay = options_from_args(argparse.Namespace(**{**vars(args), "bag": bags[0], "no_progress": True}))
         gpus = args.gpus_per_bag if args.gpus_per_bag is not None else (

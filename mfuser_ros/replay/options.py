@@ -10,14 +10,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
+from mfuser_model.config_io import NonNegInt, PosFloat, check_fields
 from mfuser_model.errors import MFuserError
 from mfuser_model.resources import require_file
 from mfuser_ros.node.config import NodeConfig
-
-if TYPE_CHECKING:
-    from mfuser_ros.replay.evaluation import GtFormat
 
 __all__ = [
     "EXIT_BAG_DAMAGED",
@@ -26,6 +24,7 @@ __all__ = [
     "EXIT_OK",
     "GT_SUFFIX",
     "OPTIONAL_OUTPUTS",
+    "GtFormat",
     "ReplayError",
     "ReplayOptions",
     "check_inputs",
@@ -36,6 +35,8 @@ OPTIONAL_OUTPUTS = ("color", "overlay", "confidence", "labels/compressed", "colo
 # Ground-truth topic of a camera namespace when none is given: ``<camera>/ground_truth/labels``.
 GT_SUFFIX = "ground_truth/labels"
 EXIT_OK, EXIT_ERROR, EXIT_BAG_DAMAGED, EXIT_INTERRUPTED = 0, 1, 2, 130
+# What ground-truth values are: Cityscapes labelIds, or the 19 train ids (255 = ignore).
+GtFormat = Literal["labelids", "trainids"]
 
 
 class ReplayError(MFuserError):
@@ -72,11 +73,14 @@ class ReplayOptions:
     gt_format: GtFormat = "trainids"
     storage: Literal["mcap", "sqlite3"] = "mcap"
     realtime: bool = False
-    rate: float = 1.0
+    rate: PosFloat = 1.0
     outputs: tuple[str, ...] = ("color",)
-    montage_rows: int = 8
-    max_frames: int = 0
+    montage_rows: NonNegInt = 8
+    max_frames: NonNegInt = 0
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def check_inputs(options: ReplayOptions) -> None:

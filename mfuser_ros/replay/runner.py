@@ -21,10 +21,9 @@ valid bag and a report marked partial.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 
 from mfuser_model.classes import palette_to_hex
 from mfuser_model.errors import MFuserError
+from mfuser_model.inference import InferenceProtocol
 from mfuser_ros.node.camera_info import CameraInfoData
 from mfuser_ros.node.config import NodeConfig, output_topic
 from mfuser_ros.node.conversions import message_to_rgb
@@ -72,6 +72,7 @@ from mfuser_ros.replay.options import (  # the options live apart so that the CL
     ReplayError,
     ReplayOptions,
 )
+from mfuser_ros.replay.player import Player
 
 __all__ = [
     "EXIT_BAG_DAMAGED",
@@ -192,11 +193,15 @@ class _Run:
         self.pending: list[OrderedDict[int, tuple[int, BagMessage, int]]] = [OrderedDict() for _ in cameras]
         self.read = [0] * len(cameras)
         self.latency: list[list[float]] = [[] for _ in cameras]
+        self.input_sizes: list[Counter[tuple[int, int]]] = [Counter() for _ in cameras]  # decoded (h, w) -> frames
         self.evaluator = Evaluator(namespaces)
         self.matchers = [StampMatcher() for _ in cameras]
         self.lut = gt_lut(options.gt_format)
         self.gt_dir = GroundTruthDir(options.gt_dir, options.gt_key) if options.gt_dir else None
         self.gt_missing = [0] * len(cameras)
+        self.gt_failed = [0] * len(cameras)  # ground-truth messages that could not be used (corrupt, bad values)
+        self.undecodable = [0] * len(cameras)  # camera messages whose bytes do not deserialize
+        self.first_errors: dict[str, str] = {}  # topic -> its first unusable message's error
         self.frame_log = FrameLog()
         per_camera = max(1, expected // max(1, len(cameras)))
         rows_per_camera = max(1, options.montage_rows // max(1, len(cameras)))
@@ -219,10 +224,25 @@ class _Run:
             self.pending[camera][id(message.msg.header)] = (timestamp, message, self.read[camera])
             self.read[camera] += 1
 
+    def unusable(self, topic: str, error: str) -> None:
+        """A message of the bag that cannot be used (does not deserialize, or ground truth with bad values): counted
+        and skipped; the first of each topic is shown (with the count at the end, in the summary)."""
+        if topic in self.gt_topics:
+            self.gt_failed[self.gt_topics[topic]] += 1
+        elif topic in self.cameras:
+            self.undecodable[self.cameras.index(topic)] += 1
+        if topic not in self.first_errors:
+            self.first_errors[topic] = error
+            self.progress.write(f"mfuser-replay: warning: {error}; skipped (further ones on {topic} are counted)")
+
     def on_gt(self, camera: int, message: BagMessage) -> None:
-        """A ground-truth label message from the bag."""
+        """A ground-truth label message from the bag (one that is unusable is counted, see :meth:`unusable`)."""
         where = f"{self.options.bag} topic {message.topic}"
-        gt = to_train_ids(label_message_to_array(message.msg, where), self.options.gt_format, self.lut, where)
+        try:
+            gt = to_train_ids(label_message_to_array(message.msg, where), self.options.gt_format, self.lut, where)
+        except MFuserError as err:
+            self.unusable(message.topic, str(err))
+            return
         stamp = stamp_ns(message.msg.header)
         with self.lock:
             pred = self.matchers[camera].add_gt(stamp, gt)
@@ -246,6 +266,7 @@ class _Run:
         stamp = stamp_ns(outputs.header)
         labels = outputs.labels.data
         with self.lock:
+            self.input_sizes[camera][tuple(outputs.input_size)] += 1
             times = self.label_times[camera]
             times[stamp] = out_ts
             while len(times) > 256:
@@ -316,6 +337,14 @@ def _resolve_topics(options: ReplayOptions, bag: BagInput) -> tuple[list[str], d
                 raise ReplayError(msg)
     else:
         cameras = find_camera_topics(topics, list(explicit_gt.values()))
+        empty = [t for t in cameras if topics[t].count == 0]
+        if empty and len(empty) < len(cameras):  # a camera that recorded nothing is left out, and said so
+            print(f"mfuser-replay: warning: {options.bag}: {', '.join(empty)} recorded no messages; not replayed",
+                  file=sys.stderr)
+            cameras = [t for t in cameras if t not in empty]
+    if empty := [t for t in cameras if topics[t].count == 0]:
+        msg = f"{options.bag}: camera topic(s) with 0 messages: {', '.join(empty)}; nothing to replay"
+        raise ReplayError(msg)
     if not cameras:
         listing = ", ".join(f"{t} ({i.msgtype})" for t, i in sorted(topics.items())) or "none"
         damage = f"; the bag is damaged: {bag.salvage_error or bag.damaged}" if bag.damaged else ""
@@ -325,6 +354,17 @@ def _resolve_topics(options: ReplayOptions, bag: BagInput) -> tuple[list[str], d
     return cameras, explicit_gt
 
 
+def _frames_short(run: _Run, counts: Sequence[int | None], max_frames: int) -> str | None:
+    """Why a run that read its bag to the end is still incomplete: no camera frame at all, or fewer frames of a
+    camera than the bag's metadata announces (the storage lacks them, or they could not be paired with it)."""
+    if not sum(run.read):
+        return f"no camera frame was read from the bag (camera topics: {', '.join(run.cameras)})"
+    short = [f"{topic}: {read} of the {count} frames the bag's metadata announces were read"
+             for topic, read, bad, count in zip(run.cameras, run.read, run.undecodable, counts, strict=True)
+             if count is not None and read + bad < count and not max_frames]
+    return "; ".join(short) or None
+
+
 def _camera_info_summary(run: _Run, worker: FrameWorker, camera: int) -> dict[str, Any] | None:
     """Where the camera's CameraInfo came from and how many frames it was paired with (None: not in the bag)."""
     topics = [t for t, c in run.info_topics.items() if c == camera]
@@ -332,6 +372,14 @@ def _camera_info_summary(run: _Run, worker: FrameWorker, camera: int) -> dict[st
         return None
     counts = worker.camera_infos.values(camera)
     return {"topic": topics[0], **{k.removeprefix("camera_info_"): int(v) for k, v in counts.items()}}
+
+
+def _inference_summary(worker: FrameWorker, sizes: Counter[tuple[int, int]]) -> dict[str, Any] | None:
+    """Mode, window, network input size and windows per frame (None: the segmenter states no protocol)."""
+    protocol = getattr(worker.pipeline.segmenter, "protocol", None)
+    if not isinstance(protocol, InferenceProtocol):
+        return None
+    return {**protocol.record(sizes), "summary": protocol.describe(sizes)}
 
 
 def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: NodeConfig, out_bag: Path,
@@ -352,9 +400,12 @@ def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: Nod
             "last_error": stats.last_error or None,
             "evaluated": evaluated,
             "gt_unmatched": (run.matchers[i].unmatched_preds if run.gt_dir is None else run.gt_missing[i]),
+            "gt_failed": run.gt_failed[i],
+            "undecodable": run.undecodable[i],
             "metrics": run.evaluator.matrices[ns].to_dict(names) if evaluated else None,
             "latency_ms": latency_summary(run.latency[i]),
             "camera_info": _camera_info_summary(run, worker, i),
+            "inference": _inference_summary(worker, run.input_sizes[i]),
         }
     evaluated_total = sum(run.evaluator.frames.values())
     all_latency = [v for lat in run.latency for v in lat]
@@ -368,12 +419,14 @@ def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: Nod
         "mode": f"realtime (rate {options.rate:g})" if options.realtime else "evaluation (no frame dropped)",
         "model": {"checkpoint": config.checkpoint or None, "preset": config.preset or None, "device": config.device,
                   "precision": config.precision, "inference_mode": config.inference_mode,
-                  "max_batch": config.max_batch},
+                  "max_batch": config.max_batch,
+                  "inference": _inference_summary(worker, sum(run.input_sizes, Counter()))},
         "gt": {"source": str(options.gt_dir) if options.gt_dir else "topics", "format": options.gt_format,
                "topics": {run.cameras[c]: t for t, c in run.gt_topics.items()} if options.gt_dir is None else {}},
         "frames": {"read": sum(run.read), "processed": processed,
                    "dropped": sum(s.dropped for s in worker.stats), "failed": sum(s.errors for s in worker.stats),
-                   "evaluated": evaluated_total},
+                   "evaluated": evaluated_total, "undecodable": sum(run.undecodable), "gt_failed": sum(run.gt_failed)},
+        "unusable_messages": dict(run.first_errors),  # topic -> the first error
         "wall_s": wall_s,
         "throughput_fps": processed / wall_s if wall_s > 0 else 0.0,
         "model_s": run.model_s,
@@ -445,9 +498,11 @@ def run_replay(options: ReplayOptions, *, loaded: LoadedModel | None = None,
         out_bag.open()
         for topic in [*cameras, *gt_topics, *run.info_topics]:  # copied inputs keep the QoS they were recorded with
             out_bag.set_qos(topic, topics[topic].qos)
-        player = _Player(run, worker, loaded, config)
+        player = Player(run, worker, loaded, config)
         try:
             partial, exit_code = _play(bag, run, player, gt_topics, on_frame)
+            if partial is None and (short := _frames_short(run, expected_counts, options.max_frames)):
+                partial, exit_code = short, EXIT_BAG_DAMAGED
         finally:
             worker.stop()
             progress.close()
@@ -463,78 +518,14 @@ def run_replay(options: ReplayOptions, *, loaded: LoadedModel | None = None,
                         frames_csv=frames_csv, frame_log=run.frame_log, evaluator=run.evaluator)
 
 
-class _Player:
-    """Feeds the bag's camera frames to the node's worker: back to back (evaluation) or at the recorded rate."""
-
-    def __init__(self, run: _Run, worker: FrameWorker, loaded: LoadedModel, config: NodeConfig) -> None:
-        self.run = run
-        self.worker = worker
-        self.loaded = loaded
-        self.max_batch = config.max_batch
-        self.warmed = not config.warmup
-        self.warmup_s = 0.0
-        self.batch: list[tuple[int, Any]] = []
-        self.bag_t0: int | None = None
-        self.wall_t0 = 0
-        self.rate = run.options.rate
-        if run.options.realtime:
-            run.clock_ns = self.bag_clock
-            worker.clock_ns = self.bag_clock
-            worker.start()
-
-    def bag_clock(self) -> int:
-        """The bag's time as it plays (``use_sim_time`` for the node)."""
-        return (self.bag_t0 or 0) + int((time.monotonic_ns() - self.wall_t0) * self.rate)
-
-    def warmup(self, msg: Any) -> None:
-        """The node warms up at activation; here on the first frame's size, before any timing."""
-        self.warmed = True
-        t0 = time.perf_counter()
-        with contextlib.suppress(MFuserError):  # a malformed first frame is counted by the pipeline itself
-            self.loaded.pipeline.warmup(*message_to_rgb(msg, self.loaded.pipeline.limits).shape[:2])
-        self.warmup_s = time.perf_counter() - t0
-
-    def frame(self, camera: int, timestamp: int, msg: Any) -> None:
-        """Hand one camera frame to the worker."""
-        if not self.warmed:
-            self.warmup(msg)
-        if self.run.options.realtime:
-            if self.bag_t0 is None:
-                self.bag_t0, self.wall_t0 = timestamp, time.monotonic_ns()
-            delay = (timestamp - self.bag_t0) / self.rate - (time.monotonic_ns() - self.wall_t0)
-            if delay > 0:
-                time.sleep(delay / 1e9)
-            if self.run.fatal is not None:
-                raise self.run.fatal
-            self.worker.submit(camera, msg)
-            return
-        # The node's batching: the newest frame of each camera, at most max_batch frames per model call.
-        if any(c == camera for c, _ in self.batch) or len(self.batch) >= self.max_batch:
-            self.flush()
-        self.batch.append((camera, msg))
-
-    def flush(self) -> None:
-        """Process the frames waiting for a batch."""
-        if self.batch:
-            batch, self.batch = self.batch, []
-            self.worker.process(batch)
-
-    def finish(self) -> None:
-        """Process what is left (evaluation) or wait for the worker to take every frame (real time)."""
-        self.flush()
-        if self.run.options.realtime:
-            _drain(self.worker, self.run)
-            if self.run.fatal is not None:
-                raise self.run.fatal
-
-
-def _play(bag: BagInput, run: _Run, player: _Player, gt_topics: dict[str, int],
+def _play(bag: BagInput, run: _Run, player: Player, gt_topics: dict[str, int],
           on_frame: Callable[[int], None] | None) -> tuple[str | None, int]:
     """Read the bag and feed the player; returns (partial reason or None, exit code)."""
     camera_index = {t: i for i, t in enumerate(run.cameras)}
     frames_read = 0
     try:
-        for timestamp, message in bag.messages(run.cameras + list(gt_topics) + list(run.info_topics)):
+        topics = run.cameras + list(gt_topics) + list(run.info_topics)
+        for timestamp, message in bag.messages(topics, on_undecodable=lambda t, _, e: run.unusable(t, e)):
             _copy_input(run.out_bag, bag, timestamp, message)
             if message.topic in gt_topics:
                 run.on_gt(gt_topics[message.topic], message)
@@ -557,15 +548,7 @@ def _play(bag: BagInput, run: _Run, player: _Player, gt_topics: dict[str, int],
         return (f"interrupted (Ctrl-C) after {frames_read} camera frames; the rest of the bag was not replayed",
                 EXIT_INTERRUPTED)
     except BagReadError as err:
+        player.finish()  # the frames read before the damage are whole: the last batch is processed too
+        player.worker.camera_infos.finish()
         return f"the input bag breaks off: {err}", EXIT_BAG_DAMAGED
     return None, EXIT_OK
-
-def _drain(worker: FrameWorker, run: _Run, timeout_s: float = 120.0) -> None:
-    """Wait until the worker has taken (processed, failed or dropped) every submitted frame."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        done = all(s.frames_out + s.errors + s.dropped >= s.frames_in for s in worker.stats)
-        if done or run.fatal is not None:
-            return
-        time.sleep(0.005)
-    run.progress.write("mfuser-replay: warning: the worker did not finish the last frames in time")

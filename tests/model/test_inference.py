@@ -33,6 +33,18 @@ def test_fast_labels_equal_upsample_then_argmax(image, padded, seed):
     np.testing.assert_allclose(result.confidence, (best / full.sum(dim=0)).numpy(), rtol=0, atol=2e-6)
 
 
+def test_border_pixels_in_small_groups_give_the_same_result(monkeypatch):
+    # Noise scores: nearly every output pixel is a border pixel, the case the grouping bounds in memory.
+    low = torch.rand(19, 24, 40, generator=torch.Generator().manual_seed(4))
+    whole = labels_from_lowres(low, (96, 160), (96, 160), (200, 300))
+    monkeypatch.setattr("mfuser_model.inference._BORDER_PIXELS_PER_PASS", 97)
+    grouped = labels_from_lowres(low, (96, 160), (96, 160), (200, 300))
+    reference = F.interpolate(low[None], size=(200, 300), mode="bilinear", align_corners=False)[0]
+    np.testing.assert_array_equal(grouped.labels, whole.labels)
+    np.testing.assert_array_equal(grouped.confidence, whole.confidence)
+    assert (grouped.labels == reference.argmax(0).numpy()).mean() > 0.999
+
+
 def test_fast_labels_resample_to_another_output_size():
     low = _smooth_scores(7, 40, 60, 3)
     out = labels_from_lowres(low, (160, 240), (160, 240), (80, 120))

@@ -117,7 +117,8 @@ def test_replay_outputs_equal_the_node_pipeline_and_metrics_match(tmp_path, msgs
                 cm.update(expected.labels.data, gt.data.reshape(gt.height, gt.width))
     s = result.summary
     assert s["partial"] is False
-    assert s["frames"] == {"read": 4, "processed": 4, "dropped": 0, "failed": 0, "evaluated": 2}
+    assert s["frames"] == {"read": 4, "processed": 4, "dropped": 0, "failed": 0, "evaluated": 2, "undecodable": 0,
+                           "gt_failed": 0}
     assert s["cameras"]["/front"]["evaluated"] == 2 and s["cameras"]["/side"]["metrics"] is None
     assert s["overall"]["metrics"]["mIoU"] == pytest.approx(cm.miou())
     assert s["overall"]["metrics"]["aAcc"] == pytest.approx(cm.pixel_accuracy())
@@ -184,18 +185,6 @@ def test_truncated_db3_keeps_the_frames_before_the_cut_and_names_the_row(tmp_pat
     assert str(db3) in s["partial_reason"] and "row" in s["partial_reason"]
     assert 1 <= s["frames"]["processed"] < 12
     assert len(read_bag(result.output_bag)["/front/mfuser/labels"]) == s["cameras"]["/front"]["frames_out"]
-
-
-def test_mcap_cut_inside_the_first_chunk_reports_that_nothing_is_readable(tmp_path, msgs, typestore):
-    bag = write_bag(tmp_path / "drive", msgs, typestore)
-    mcap = next(bag.glob("*.mcap"))
-    os.truncate(mcap, mcap.stat().st_size // 2)
-    with BagInput(bag) as reader:
-        assert reader.damaged and reader.topics == {}
-        with pytest.raises(BagReadError, match=r"drive\.mcap: record 0x06 at byte \d+ declares"):
-            list(reader.messages(["/front/image_raw"]))
-    with pytest.raises(ReplayError, match=r"drive: no camera topics .*the bag is damaged: .*drive\.mcap"):
-        run_replay(options(bag, tmp_path / "report"))
 
 
 def test_bag_without_image_topics_is_a_clear_error(tmp_path, typestore, capsys):

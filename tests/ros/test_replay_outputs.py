@@ -87,6 +87,13 @@ def test_replay_writes_scaled_camera_info_compressed_outputs_and_the_legend(tmp_
     assert summary["cameras"]["/front"]["camera_info"] == {"topic": "/front/camera_info", "received": 2,
                                                             "paired": 2, "unmatched": 1, "malformed": 0}
     assert summary["palette"] == list(palette_to_hex(CITYSCAPES_PALETTE))
+    # The report states how the frames were segmented: 64x48 frames fit the 2048x1024 box, so one whole pass.
+    inference = summary["cameras"]["/front"]["inference"]
+    assert inference["inputs"] == [{"input": [48, 64], "network": [48, 64], "windows": 1, "images": 3}]
+    assert inference["mode"] == "whole" and inference["input_box"] == [2048, 1024]
+    assert summary["model"]["inference"] == inference
+    line = "- inference: whole image; network input 48x64 (h x w): 1 window, 3 images"
+    assert line in result.report_md.read_text()
 
 
 def test_ros1_camera_info_is_copied_and_paired(tmp_path, scene, tiny_model):

@@ -18,6 +18,8 @@ from training.label_maps import (
     CITYSCAPES_LABEL_TO_TRAIN,
     MAPILLARY_CITYSCAPES_DEFINITIONS,
     MAPILLARY_NARROW,
+    MAPILLARY_OPENSEG,
+    MAPILLARY_TABLES,
     MAPILLARY_V12_NAMES,
     SYNTHIA_TO_TRAIN,
     mapillary_name_to_train_id,
@@ -52,41 +54,167 @@ def test_synthia_table_covers_each_class_once():
 
 
 def test_mapillary_tables_use_real_label_names():
-    # v2.0-only names in the "cityscapes" table, as spelled in Mapillary's config_v2.0.json.
+    # v2.0-only names in the "definitions" table, as spelled in Mapillary's config_v2.0.json.
     v20_only = {
         "object--support--pole-group", "object--traffic-sign--direction-front",
         "object--traffic-sign--information-parking", "object--traffic-sign--temporary-front",
         "human--person--individual", "human--person--person-group",
     }
     assert set(MAPILLARY_CITYSCAPES_DEFINITIONS) <= set(MAPILLARY_V12_NAMES) | v20_only
-    assert set(MAPILLARY_CITYSCAPES_DEFINITIONS.values()) == set(range(19))
-    assert set(MAPILLARY_NARROW.values()) == set(range(19))
+    for table in (MAPILLARY_CITYSCAPES_DEFINITIONS, MAPILLARY_NARROW, MAPILLARY_OPENSEG):
+        assert set(table.values()) == set(range(19))
+    # openseg keeps the v1.2 names that its readable-name rule maps (v2.0 adds its own, e.g. the marking-- split).
+    assert {n for n in MAPILLARY_OPENSEG if n in MAPILLARY_V12_NAMES} == {
+        n for n in MAPILLARY_V12_NAMES if not n.startswith(("animal", "void")) and MAPILLARY_OPENSEG.get(n) is not None}
+    for name, table in MAPILLARY_TABLES.items():
+        assert table.name == name and table.source  # every table says where it comes from
+    assert "w1oves/Rein" in MAPILLARY_TABLES["openseg"].source
+    assert "lhoyer/HRDA" in MAPILLARY_TABLES["narrow"].source
 
 
 def test_mapillary_names_map_by_name():
     assert len(MAPILLARY_V12_NAMES) == 66
     assert set(MAPILLARY_NARROW) <= set(MAPILLARY_V12_NAMES)
-    cases = {
-        "construction--flat--road": (0, 0),
-        "marking--crosswalk-zebra": (0, 255),
-        "construction--flat--bike-lane": (0, 255),
-        "construction--barrier--curb": (1, 1),
-        "human--rider--motorcyclist": (12, 12),
-        "object--vehicle--on-rails": (16, 16),
-        "object--traffic-sign--back": (255, 255),
-        "object--vehicle--caravan": (255, 255),
-        "void--unlabeled": (255, 255),
+    cases = {  # name: (definitions, narrow, openseg)
+        "construction--flat--road": (0, 0, 0),
+        "marking--crosswalk-zebra": (0, 255, 0),
+        "construction--flat--bike-lane": (0, 255, 0),
+        "construction--barrier--curb": (1, 1, 1),
+        "human--rider--motorcyclist": (12, 12, 12),
+        "object--vehicle--on-rails": (16, 16, 16),
+        "object--traffic-sign--back": (255, 255, 7),
+        "object--vehicle--caravan": (255, 255, 255),
+        "void--unlabeled": (255, 255, 255),
         # v2.0 names
-        "marking--discrete--arrow--left": (0, 255),
-        "marking-only--continuous--dashed": (0, 255),
-        "object--traffic-light--pedestrians": (6, 255),
-        "human--person--individual": (11, 255),
+        "marking--discrete--arrow--left": (0, 255, 0),
+        "marking-only--continuous--dashed": (0, 255, 0),
+        "object--traffic-light--pedestrians": (6, 255, 255),
+        "human--person--individual": (11, 255, 11),
     }
-    for name, (cityscapes, narrow) in cases.items():
-        assert mapillary_name_to_train_id(name, "cityscapes") == cityscapes, name
-        assert mapillary_name_to_train_id(name, "narrow") == narrow, name
+    for name, expected in cases.items():
+        got = tuple(mapillary_name_to_train_id(name, m) for m in ("definitions", "narrow", "openseg"))
+        assert got == expected, name
+        assert mapillary_name_to_train_id(name) == expected[2], name  # openseg is the default
     with pytest.raises(KeyError, match="narrow"):
         mapillary_name_to_train_id("nature--sky", "other")
+
+
+# The rows where the old default ("definitions") and Rein/openseg differ, as issue 13 lists them:
+# name: (definitions, openseg). v1.2 rows first; v2.0 has them too, plus its own.
+_OPENSEG_ROWS_V12 = {
+    "construction--flat--parking": (255, 0),
+    "nature--sand": (9, 255),
+    "object--manhole": (0, 255),
+    "object--pothole": (0, 255),
+    "object--street-light": (255, 5),
+    "object--support--traffic-sign-frame": (5, 7),
+    "object--traffic-sign--back": (255, 7),
+}
+_OPENSEG_ROWS_V20 = _OPENSEG_ROWS_V12 | {
+    "construction--flat--parking-aisle": (255, 0),
+    "object--parking-meter": (255, 0),
+    "human--person--person-group": (11, 255),
+    "object--sign--back": (255, 7),
+    "object--traffic-sign--direction-back": (255, 7),
+    "object--traffic-sign--temporary-back": (255, 7),
+    "object--traffic-sign--direction-front": (7, 7),
+    "object--traffic-light--general-single": (6, 255),
+    "object--traffic-light--general-upright": (6, 255),
+    "object--traffic-light--pedestrians": (6, 255),
+    "object--traffic-light--other": (6, 255),
+    "object--traffic-light--cyclists": (6, 12),
+}
+
+
+def _mapillary_raw(root, version, names, ids, with_config=True):
+    """One ``validation`` image whose label row holds ``ids`` (native label ids of ``names``)."""
+    split = root / "validation"
+    (split / "images").mkdir(parents=True)
+    (split / version / "labels").mkdir(parents=True)
+    if with_config:
+        (root / f"config_{version}.json").write_text(json.dumps({"labels": [{"name": n} for n in names]}))
+    cv2.imwrite(str(split / "images" / "k1.jpg"), np.zeros((2, len(ids), 3), np.uint8))
+    Image.fromarray(np.array([ids] * 2, np.uint8), mode="L").save(split / version / "labels" / "k1.png")
+
+
+@pytest.mark.parametrize("version", ["v1.2", "v2.0"])
+def test_mapillary_default_is_the_openseg_table(tmp_path, version):
+    rows = _OPENSEG_ROWS_V12 if version == "v1.2" else _OPENSEG_ROWS_V20
+    if version == "v1.2":  # real v1.2 ids, from the built-in name list (no config file)
+        names = list(MAPILLARY_V12_NAMES)
+        _mapillary_raw(tmp_path, version, names, [names.index(n) for n in rows], with_config=False)
+    else:  # v2.0 numbers its labels differently: the names come from config_v2.0.json
+        names = ["void--unlabeled", *rows]
+        _mapillary_raw(tmp_path, version, names, list(range(1, len(names))))
+    default = MapillaryDataset(tmp_path, "validation")
+    assert default.version == version and default.mapping == "openseg"
+    assert default[0]["label"][0].tolist() == [o for _, o in rows.values()]
+    old = MapillaryDataset(tmp_path, "validation", mapping="definitions")
+    assert old[0]["label"][0].tolist() == [d for d, _ in rows.values()]
+    info = default.ground_truth_info()
+    assert info["label_map"] == "openseg" and "mapillary2cityscape.py" in info["label_map_source"]
+    assert version in info["labels"] and info["split"] == "validation"
+
+
+def _train_ids_png(path, value, shape=(4, 6)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full(shape, value, np.uint8), mode="L").save(path)
+
+
+def test_mapillary_mfuser_readme_layout(tmp_path):
+    # MFuser's README: training/images, cityscapes_trainIdLabel/{train,val}/label (Rein's converter, train ids) and
+    # half/val_img + half/val_label (Rein's half-size validation copy).
+    for split, rein, key, value in (("training", "train", "t1", 13), ("validation", "val", "v1", 11)):
+        (tmp_path / split / "images").mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / split / "images" / f"{key}.jpg"), np.zeros((4, 6, 3), np.uint8))
+        _train_ids_png(tmp_path / "cityscapes_trainIdLabel" / rein / "label" / f"{key}.png", value)
+    (tmp_path / "half" / "val_img").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "half" / "val_img" / "v1.jpg"), np.zeros((2, 3, 3), np.uint8))
+    _train_ids_png(tmp_path / "half" / "val_label" / "v1.png", 5, (2, 3))
+
+    val = MapillaryDataset(tmp_path, "validation")
+    assert val.version == "rein" and (val[0]["label"] == 11).all()
+    assert val.ground_truth_info()["label_map"] == "openseg"
+    train = MapillaryDataset(tmp_path, "train")
+    assert train.version == "rein" and (train[0]["label"] == 13).all()
+    half = MapillaryDataset(tmp_path, "val", version="half")
+    assert half.names == ["v1"] and half[0]["label"].shape == (2, 3) and (half[0]["label"] == 5).all()
+    with pytest.raises(DatasetError, match="validation split only"):
+        MapillaryDataset(tmp_path, "training", version="half")
+    with pytest.raises(DatasetError, match="converted by the 'openseg' table"):
+        MapillaryDataset(tmp_path, "validation", mapping="narrow")
+    # The README's tree has no validation/ folder at all: then the half-size copy is what there is.
+    for p in (tmp_path / "validation" / "images").iterdir():
+        p.unlink()
+    (tmp_path / "validation" / "images").rmdir()
+    assert MapillaryDataset(tmp_path, "validation").version == "half"
+
+
+def test_mapillary_converted_train_ids_name_their_table(tmp_path):
+    # What MFuser's configs read: validation/labels/*_labelTrainIds.png. Which table wrote them is not recorded in
+    # the files; the report says so unless the user declares it.
+    (tmp_path / "validation" / "images").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "validation" / "images" / "k.jpg"), np.zeros((4, 6, 3), np.uint8))
+    _train_ids_png(tmp_path / "validation" / "labels" / "k_labelTrainIds.png", 2)
+    ds = MapillaryDataset(tmp_path)
+    assert ds.version == "trainids" and ds.ground_truth_info()["label_map"] == "unknown"
+    declared = MapillaryDataset(tmp_path, mapping="narrow")
+    assert (declared[0]["label"] == 2).all()
+    assert declared.ground_truth_info()["label_map_source"] == MAPILLARY_TABLES["narrow"].source
+
+
+def test_mapillary_options_through_the_config(tmp_path):
+    from mfuser_model.errors import ConfigError
+    from training.config import DatasetSpec
+    from training.evaluate import open_dataset
+
+    names = list(MAPILLARY_V12_NAMES)
+    _mapillary_raw(tmp_path, "v1.2", names, [names.index("nature--sand")], with_config=False)
+    spec = DatasetSpec(kind="mapillary", root=str(tmp_path), label_map="definitions", label_version="v1.2")
+    assert open_dataset(spec)[0]["label"][0].tolist() == [9]
+    assert open_dataset(DatasetSpec(kind="mapillary", root=str(tmp_path)))[0]["label"][0].tolist() == [255]
+    with pytest.raises(ConfigError, match="mapillary only"):
+        DatasetSpec(kind="gtav", root="x", label_map="narrow")
 
 
 # ---- each layout loads through its dataset class ----------------------------------------------------------------
@@ -107,6 +235,48 @@ def test_gtav_converted_train_ids_are_detected(tmp_path):
     ds = GTAVDataset(tmp_path)
     assert ds.train_ids
     np.testing.assert_array_equal(ds[0]["label"], _expected(4, 0, "game"))
+
+
+def _split_gtav(root, splits, train_ids=False):
+    """A RobustNet/TLDR-style GTAV: ``images/<split>/`` and ``labels/<split>/``, frames numbered across splits."""
+    write_gtav(root, sum(splits.values()), (W, H), seed=9, train_ids=train_ids)
+    frames = iter(sorted((root / "images").glob("*.png")))
+    for split, n in splits.items():
+        for sub in ("images", "labels"):
+            (root / sub / split).mkdir()
+        for _ in range(n):
+            img = next(frames)
+            img.rename(root / "images" / split / img.name)
+            for lbl in (root / "labels").glob(f"{img.stem}*.png"):
+                lbl.rename(root / "labels" / split / lbl.name)
+
+
+@pytest.mark.parametrize("train_ids", [False, True])
+def test_gtav_split_subfolders(tmp_path, train_ids):
+    _split_gtav(tmp_path, {"train": 2, "valid": 1, "test": 1}, train_ids)
+    every = GTAVDataset(tmp_path)  # all splits, as MFuser's recursive scan of images/ reads them
+    assert sorted(every.names) == ["00000", "00001", "00002", "00003"] and every.train_ids == train_ids
+    for i, name in enumerate(every.names):
+        np.testing.assert_array_equal(every[i]["label"], _expected(9, int(name), "game"))
+    train = GTAVDataset(tmp_path, split="train")
+    assert train.names == ["00000", "00001"]
+    assert train.labels[1] == tmp_path / "labels" / "train" / ("00001_labelTrainIds.png" if train_ids else "00001.png")
+    assert GTAVDataset(tmp_path, split="val").names == ["00002"]  # RobustNet calls it "valid"
+    np.testing.assert_array_equal(GTAVDataset(tmp_path, split="test")[0]["label"], _expected(9, 3, "game"))
+    with pytest.raises(DatasetError, match="GTAV split 'training' unknown"):
+        GTAVDataset(tmp_path, split="training")
+
+
+def test_gtav_split_through_the_config(tmp_path):
+    from training.config import DatasetSpec
+    from training.evaluate import open_dataset
+
+    _split_gtav(tmp_path, {"train": 1, "valid": 2})
+    assert len(open_dataset(DatasetSpec(kind="gtav", root=str(tmp_path)), role="source")) == 3
+    assert open_dataset(DatasetSpec(kind="gtav", root=str(tmp_path), split="valid")).names == ["00001", "00002"]
+    (tmp_path / "labels" / "valid" / "00002.png").unlink()
+    with pytest.raises(DatasetError, match=r"00002\.png"):
+        GTAVDataset(tmp_path, split="valid")
 
 
 def test_cityscapes_labelids_and_ego_vehicle_ignored(tmp_path):
@@ -147,7 +317,7 @@ def test_bdd100k_masks_and_colormaps(tmp_path):
     np.testing.assert_array_equal(ds[1]["label"], _expected(7, 1, "rain"))
 
 
-@pytest.mark.parametrize("mapping", ["cityscapes", "narrow"])
+@pytest.mark.parametrize("mapping", ["openseg", "narrow", "definitions"])
 def test_mapillary_v12_palette_labels(tmp_path, mapping):
     write_mapillary(tmp_path, 2, (W, H), style="texture", split="validation", seed=8)
     ds = MapillaryDataset(tmp_path, "val", mapping=mapping)
@@ -167,7 +337,8 @@ def test_mapillary_v20_reads_names_from_config(tmp_path):
     Image.fromarray(ids, mode="L").save(split / "v2.0" / "labels" / "k1.png")
     ds = MapillaryDataset(tmp_path, "validation")
     assert ds.version == "v2.0"
-    assert ds[0]["label"][0].tolist() == [255, 0, 13, 10, 6]
+    assert ds[0]["label"][0].tolist() == [255, 0, 13, 10, 255]  # openseg: v2.0's traffic lights are ignored
+    assert MapillaryDataset(tmp_path, "validation", mapping="definitions")[0]["label"][0].tolist()[-1] == 6
     (tmp_path / "config_v2.0.json").unlink()
     with pytest.raises(DatasetError, match="config_v2.0.json"):
         MapillaryDataset(tmp_path, "validation")
