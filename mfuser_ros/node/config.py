@@ -135,7 +135,7 @@ class NodeConfig:
     decoder_backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
     decoder_onnx: str = ""
     decoder_cache_dir: str = ""
-    threads: int = -1
+    threads: Annotated[int, Range(ge=-1)] = -1  # -1: $OMP_NUM_THREADS or 1; 0: every CPU
     inference_mode: Literal["whole", "slide"] = "whole"
     crop_size: PosInt = 512
     stride: PosInt = 341
@@ -184,8 +184,6 @@ class NodeConfig:
         _check(self.stride <= self.crop_size, "stride", self.stride, f"must be <= crop_size ({self.crop_size})")
         _check(bool(self.preset or self.checkpoint), "preset", self.preset,
                "must name a preset when no checkpoint is given")
-        _check(self.threads >= -1, "threads", self.threads,
-               "must be N >= 1, 0 (every CPU) or -1 ($OMP_NUM_THREADS or 1)")
         _check(bool(_DEVICE_RE.match(self.device)), "device", self.device, "must be 'cpu' or 'cuda[:N]'")
         _check((self.output_width == 0) == (self.output_height == 0), "output_width/output_height",
                (self.output_width, self.output_height), "set both (fixed output size) or neither (input size)")
