@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -24,7 +24,10 @@ from mfuser_model.metrics import ConfusionMatrix, format_table
 from mfuser_ros.replay.evaluation import _ms, _pct
 from mfuser_ros.replay.frame_log import FrameRecord, worst_frames
 from mfuser_ros.replay.latency_sketch import LatencySketch
-from mfuser_ros.replay.runner import EXIT_INTERRUPTED, EXIT_OK, ReplayResult
+from mfuser_ros.replay.options import EXIT_INTERRUPTED, EXIT_OK
+
+if TYPE_CHECKING:
+    from mfuser_ros.replay.runner import ReplayResult
 
 __all__ = ["BAG_RESULT_FILE", "BagRecord", "CameraRecord", "bag_record_from_result", "failed_record",
            "merge_records", "read_bag_record", "write_bag_record", "write_fleet_report"]
