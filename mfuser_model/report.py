@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from mfuser_model.metrics import MIOU_RULES, ConfusionMatrix, MiouRule
@@ -77,6 +76,8 @@ def run_facts(*, model: dict[str, Any], backend: str, inference: str | None, gro
 
 def legend_image(class_names: Sequence[str], palette: Sequence[Sequence[int]], width: int) -> np.ndarray:
     """(H, ``width``, 3) uint8 RGB strip: a swatch and the name of every class id, in as many columns as fit."""
+    import cv2  # noqa: PLC0415  (drawing only; the command lines import this module before they need OpenCV)
+
     names = list(class_names)
     cell_w, cell_h = 150, 18
     cols = max(1, min(len(names), width // cell_w))

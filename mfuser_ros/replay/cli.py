@@ -1,4 +1,8 @@
-"""``mfuser-replay``: the command line over :func:`mfuser_ros.replay.runner.run_replay`."""
+"""``mfuser-replay``: the command line over :func:`mfuser_ros.replay.runner.run_replay`.
+
+The runner (torch, OpenCV, rosbags: seconds to import on a busy machine) is imported only after the arguments and
+the input paths passed their checks, so ``--help`` and a mistyped path answer at once.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +10,24 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import cv2
+from typing import TYPE_CHECKING, Any
 
 from mfuser_model.errors import MFuserError
 from mfuser_model.report import percent
+from mfuser_model.threads import add_threads_argument
 from mfuser_ros.node.config import load_node_config, node_config_from_params
-from mfuser_ros.replay import runner
-from mfuser_ros.replay.runner import (
+from mfuser_ros.replay.options import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     GT_SUFFIX,
     OPTIONAL_OUTPUTS,
     ReplayError,
     ReplayOptions,
-    ReplayResult,
-    run_replay,
+    check_inputs,
 )
+
+if TYPE_CHECKING:
+    from mfuser_ros.replay.runner import ReplayResult
 
 __all__ = ["add_replay_arguments", "build_parser", "main", "options_from_args"]
 
@@ -41,11 +45,13 @@ def _parse_gt_topics(values: Sequence[str]) -> dict[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``mfuser-replay`` command line."""
-    p = argparse.ArgumentParser(prog="mfuser-replay", description=runner.__doc__.split("\n\n")[0],
+    description = "Replay a recorded drive through the node's own frame pipeline, write an output bag, evaluate."
+    p = argparse.ArgumentParser(prog="mfuser-replay", description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bag", type=Path, help="rosbag2 directory, .mcap, .db3 or ROS 1 .bag")
     p.add_argument("--out", type=Path, required=True, help="report folder: output bag, metrics.json, report.md")
     add_replay_arguments(p)
+    add_threads_argument(p)  # overrides the node config's 'threads' parameter (fleet workers follow their CPUs)
     return p
 
 
@@ -83,12 +89,14 @@ def options_from_args(args: argparse.Namespace) -> ReplayOptions:
     if args.checkpoint:
         overrides["checkpoint"] = args.checkpoint
         overrides["preset"] = args.preset or ""
-    elif args.preset:
-        overrides["preset"] = args.preset
+    elif args.preset:  # alone: an untrained model, asked for explicitly (not the parameter file's checkpoint)
+        overrides.update(preset=args.preset, checkpoint="", allow_random_weights=True)
     if args.device:
         overrides["device"] = args.device
     if args.max_batch:
         overrides["max_batch"] = args.max_batch
+    if getattr(args, "threads", None) is not None:
+        overrides["threads"] = args.threads
     node = load_node_config(args.config, overrides) if args.config else node_config_from_params(overrides)
     if not node.checkpoint and not args.preset:
         msg = "give --checkpoint MODEL.safetensors (or --preset NAME for an untrained model, smoke tests only)"
@@ -129,8 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mfuser-replay`` (and ``ros2 run mfuser_ros mfuser_replay``)."""
     args = build_parser().parse_args(argv)
     try:
-        cv2.setNumThreads(1)  # the model gets the cores; per-frame OpenCV work is small
-        result = run_replay(options_from_args(args))
+        options = options_from_args(args)
+        check_inputs(options)  # before torch and rosbags load: a mistyped path fails at once
+        from mfuser_model.threads import apply_threads  # noqa: PLC0415
+        from mfuser_ros.replay.runner import run_replay  # noqa: PLC0415 - torch, OpenCV, rosbags
+
+        apply_threads(options.node.thread_option)  # before torch loads (see mfuser_model.threads)
+        result = run_replay(options)
     except MFuserError as err:
         print(f"mfuser-replay: error: {err}", file=sys.stderr)
         return EXIT_ERROR

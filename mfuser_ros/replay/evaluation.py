@@ -26,6 +26,7 @@ from mfuser_model.classes import (
 from mfuser_model.errors import MFuserError
 from mfuser_model.metrics import ConfusionMatrix
 from mfuser_model.report import class_table, legend_image, percent, run_facts
+from mfuser_ros.replay.options import GtFormat
 
 __all__ = [
     "CITYSCAPES_LABEL_TO_TRAIN",
@@ -42,7 +43,6 @@ __all__ = [
     "write_report",
 ]
 
-GtFormat = Literal["labelids", "trainids"]
 
 
 def gt_lut(fmt: GtFormat, num_classes: int = len(CITYSCAPES_CLASSES)) -> np.ndarray:

@@ -53,7 +53,7 @@ from mfuser_ros.replay.fleet_jobs import (
     settings_fingerprint,
 )
 from mfuser_ros.replay.fleet_report import BagRecord, failed_record, merge_records, write_fleet_report
-from mfuser_ros.replay.runner import EXIT_BAG_DAMAGED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, ReplayOptions
+from mfuser_ros.replay.options import EXIT_BAG_DAMAGED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, ReplayOptions
 
 __all__ = ["FleetOptions", "FleetResult", "connect_ray", "main", "run_fleet", "start_local_ray"]
 

@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -25,7 +25,10 @@ from mfuser_model.report import class_table, percent
 from mfuser_ros.replay.evaluation import metric_cells
 from mfuser_ros.replay.frame_log import FrameRecord, worst_frames
 from mfuser_ros.replay.latency_sketch import LatencySketch
-from mfuser_ros.replay.runner import EXIT_INTERRUPTED, EXIT_OK, ReplayResult
+from mfuser_ros.replay.options import EXIT_INTERRUPTED, EXIT_OK
+
+if TYPE_CHECKING:
+    from mfuser_ros.replay.runner import ReplayResult
 
 __all__ = ["BAG_RESULT_FILE", "BagRecord", "CameraRecord", "bag_record_from_result", "failed_record",
            "merge_records", "read_bag_record", "write_bag_record", "write_fleet_report"]

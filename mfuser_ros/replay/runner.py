@@ -25,17 +25,15 @@ import sys
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from mfuser_model.classes import palette_to_hex
-from mfuser_model.config_io import NonNegInt, PosFloat, check_fields
 from mfuser_model.errors import MFuserError
 from mfuser_model.inference import InferenceProtocol
-from mfuser_model.metrics import MiouRule
 from mfuser_model.report import decoder_backend_name, model_file_record
 from mfuser_ros.node.camera_info import CameraInfoData
 from mfuser_ros.node.config import NodeConfig, output_topic
@@ -56,7 +54,6 @@ from mfuser_ros.replay.bagio import (
 from mfuser_ros.replay.evaluation import (
     Evaluator,
     GroundTruthDir,
-    GtFormat,
     Montage,
     StampMatcher,
     gt_lut,
@@ -66,63 +63,32 @@ from mfuser_ros.replay.evaluation import (
     write_report,
 )
 from mfuser_ros.replay.frame_log import FrameLog
+from mfuser_ros.replay.options import (  # the options live apart so that the CLI checks them without torch
+    EXIT_BAG_DAMAGED,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    GT_SUFFIX,
+    OPTIONAL_OUTPUTS,
+    ReplayError,
+    ReplayOptions,
+)
 from mfuser_ros.replay.player import Player
 from mfuser_ros.replay.progress import ReplayProgress
 
-__all__ = ["GT_SUFFIX", "ReplayError", "ReplayOptions", "ReplayResult", "find_camera_topics", "run_replay"]
-
-# ReplayOptions.outputs, in the order of Wanted's fields.
-OPTIONAL_OUTPUTS = ("color", "overlay", "confidence", "labels/compressed", "color/compressed", "overlay/compressed")
-# Ground-truth topic of a camera namespace when none is given: ``<camera>/ground_truth/labels``.
-GT_SUFFIX = "ground_truth/labels"
-EXIT_OK, EXIT_ERROR, EXIT_BAG_DAMAGED, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class ReplayError(MFuserError):
-    """Replay cannot start: no image topics, unknown topic, output exists. Names the file or topic."""
-
-
-@dataclass(frozen=True)
-class ReplayOptions:
-    """Everything one replay run needs (the CLI builds it; tests build it directly).
-
-    Attributes:
-        bag: input bag (rosbag2 directory, .mcap, .db3, or ROS 1 .bag). out: report folder (created).
-        node: the node configuration; ``image_topics`` is replaced by the topics replayed.
-        topics: camera topics; empty = every Image/CompressedImage topic except outputs and ground truth.
-        gt_topics: ``camera_topic -> label_topic``; cameras not listed use ``<camera>/ground_truth/labels``.
-        gt_dir / gt_key: folder of label PNGs keyed by header stamp (ns) or frame index.
-        gt_format: ground-truth values are Cityscapes ``labelids`` or ``trainids``.
-        miou_rule: which classes the mIoU averages over (``mmseg``, or ``bdd100k`` as BDD100K's toolkit).
-        storage: output bag storage, ``mcap`` or ``sqlite3``.
-        realtime / rate: play at the recorded rate (scaled) with the node's frame dropping.
-        outputs: optional outputs to write besides labels (``color``, ``overlay``, ``confidence``,
-            ``labels/compressed``, ``color/compressed``, ``overlay/compressed``).
-        montage_rows: most sampled frames in the montage (0 = no montage).
-        max_frames: stop after this many camera frames (0 = all).
-        progress: show progress on stderr (a bar on a terminal, else a log line every 10 s).
-    """
-
-    bag: Path
-    out: Path
-    node: NodeConfig = field(default_factory=NodeConfig)
-    topics: tuple[str, ...] = ()
-    gt_topics: dict[str, str] = field(default_factory=dict)
-    gt_dir: Path | None = None
-    gt_key: Literal["stamp", "index"] = "stamp"
-    gt_format: GtFormat = "trainids"
-    miou_rule: MiouRule = "mmseg"
-    storage: Literal["mcap", "sqlite3"] = "mcap"
-    realtime: bool = False
-    rate: PosFloat = 1.0
-    outputs: tuple[str, ...] = ("color",)
-    montage_rows: NonNegInt = 8
-    max_frames: NonNegInt = 0
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-
+__all__ = [
+    "EXIT_BAG_DAMAGED",
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "GT_SUFFIX",
+    "OPTIONAL_OUTPUTS",
+    "ReplayError",
+    "ReplayOptions",
+    "ReplayResult",
+    "find_camera_topics",
+    "run_replay",
+]
 
 @dataclass
 class ReplayResult:

@@ -229,7 +229,10 @@ def test_cli_trains_then_eval_cli_scores_the_model(tmp_path: Path, source_root: 
     data["eval"] = {"targets": [{"name": "src", "kind": "gtav", "root": str(source_root), "scale": "native",
                                  "max_images": 2}], "crop_size": 56, "stride": 37, "num_samples": 1}
     cfg_path.write_text(yaml.safe_dump(data))
-    assert train_main(["--config", str(cfg_path), "iterations=2", "eval.targets=[]"]) == 0
+    assert train_main(["--config", str(cfg_path), "iterations=2", "eval.targets=[]", "--resume", "none"]) == 0
+    started = capsys.readouterr().out  # what ran where, printed before training
+    assert "merged config:\nname:" in started and "iterations: 2" in started and "device " in started
+    assert f"run folder {base.run_dir}; resume none (start afresh); TensorBoard off" in started  # tiny: no tb
     model = base.run_dir / "model.safetensors"
     assert model.is_file()
     out = tmp_path / "evalout"
