@@ -41,6 +41,8 @@ from typing import Any
 
 from mfuser_model.config_io import NonNegFloat, NonNegInt, PosFloat, PosInt, check_fields
 from mfuser_model.errors import MFuserError
+from mfuser_model.metrics import MiouRule
+from mfuser_model.report import model_file_record, percent
 from mfuser_ros.replay.fleet_jobs import (
     BagJob,
     FleetError,
@@ -51,7 +53,7 @@ from mfuser_ros.replay.fleet_jobs import (
     settings_fingerprint,
 )
 from mfuser_ros.replay.fleet_report import BagRecord, failed_record, merge_records, write_fleet_report
-from mfuser_ros.replay.runner import EXIT_BAG_DAMAGED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, ReplayOptions
+from mfuser_ros.replay.options import EXIT_BAG_DAMAGED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, ReplayOptions
 
 __all__ = ["FleetOptions", "FleetResult", "connect_ray", "main", "run_fleet", "start_local_ray"]
 
@@ -395,7 +397,7 @@ def run_fleet(options: FleetOptions, *, on_frame: OnFrame | None = None,
     def done(record: BagRecord) -> None:
         records[record.bag_id] = record
         finished[0] += 1
-        say(f"[{finished[0]}/{len(todo)}] {_describe(record)}")
+        say(f"[{finished[0]}/{len(todo)}] {_describe(record, options.replay.miou_rule)}")
 
     base = replace(options.replay, progress=False)
     try:
@@ -414,7 +416,10 @@ def run_fleet(options: FleetOptions, *, on_frame: OnFrame | None = None,
     wall_s = time.perf_counter() - t_start
     ordered = [records[j.bag_id] for j in jobs if j.bag_id in records]
     ran = [r for r in ordered if not r.resumed]
-    job = {"model": options.replay.node.checkpoint or f"preset {options.replay.node.preset} (random weights)",
+    node = options.replay.node
+    job = {"model": node.checkpoint or f"preset {node.preset} (random weights)",
+           "model_tensors_sha256": model_file_record(node.checkpoint)["tensors_sha256"],
+           "decoder_backend": node.decoder_backend, "miou_rule": options.replay.miou_rule,
            "fingerprint": fingerprint, "settings": settings,
            "cluster": where,
            "workers": n_workers, "workers_started": started,
@@ -423,7 +428,7 @@ def run_fleet(options: FleetOptions, *, on_frame: OnFrame | None = None,
            "bags_run": len(ran), "bags_per_minute": 60 * len(ran) / wall_s if ran and wall_s > 0 else 0.0,
            "sum_model_s": sum(r.model_s for r in ran), "sum_bag_wall_s": sum(r.wall_s for r in ran),
            "interrupted": interrupted}
-    merged = merge_records(ordered, worst=options.worst)
+    merged = merge_records(ordered, worst=options.worst, rule=options.replay.miou_rule)
     json_path, md_path = write_fleet_report(options.out, merged, job)
     say(f"merged report: {md_path}")
     if interrupted:
@@ -435,14 +440,13 @@ def run_fleet(options: FleetOptions, *, on_frame: OnFrame | None = None,
     return FleetResult(ordered, merged, job, json_path, md_path, code, lines)
 
 
-def _describe(record: BagRecord) -> str:
+def _describe(record: BagRecord, rule: MiouRule) -> str:
     if record.status == "failed":
         return f"{record.bag_id}: FAILED after {record.attempts} attempt(s): {record.reason}"
     cm = record.matrix()
-    miou = cm.miou() if cm is not None else math.nan
+    miou = cm.miou(rule) if cm is not None else math.nan
     frames = sum(c.frames for c in record.cameras.values())
-    return (f"{record.bag_id}: {record.status}, {frames} frames, mIoU "
-            f"{'n/a' if math.isnan(miou) else f'{100 * miou:.2f}'}, {record.wall_s:.1f} s "
+    return (f"{record.bag_id}: {record.status}, {frames} frames, mIoU {percent(miou)}, {record.wall_s:.1f} s "
             f"(worker pid {record.worker.get('pid')})" + (f": {record.reason}" if record.reason else ""))
 
 
@@ -500,8 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"({m['bags_resumed']} from an earlier run); frames {m['overall']['frames']}, evaluated "
           f"{m['overall']['evaluated']}")
     if metrics and metrics["mIoU"] is not None:
-        print(f"overall mIoU {100 * metrics['mIoU']:.2f} (summed confusion matrix), "
-              f"pixel accuracy {100 * metrics['aAcc']:.2f}")
+        print(f"overall mIoU {percent(metrics['mIoU'])} (summed confusion matrix, {metrics['miou_rule']} rule), "
+              f"pixel accuracy {percent(metrics['aAcc'])}")
     print(f"{result.job['bags_per_minute']:.2f} bags/min over {result.job['wall_s']:.1f} s; report: {result.report_md}")
     for f in m["failed"]:
         print(f"FAILED {f['bag']}: {f['reason']}", file=sys.stderr)
