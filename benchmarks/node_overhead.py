@@ -43,6 +43,7 @@ import torch
 from mfuser_model.inference import labels_from_lowres, network_size, resize_to_network
 from mfuser_model.preprocess import normalize
 from mfuser_model.synthetic.scenes import render_scene
+from mfuser_model.threads import add_threads_argument, apply_threads
 from mfuser_ros.node.config import NodeConfig
 from mfuser_ros.node.conversions import (
     OutputImage,
@@ -269,7 +270,9 @@ def main() -> None:
     parser.add_argument("--png-level", type=int, default=NodeConfig().png_level)
     parser.add_argument("--jpeg-quality", type=int, default=NodeConfig().jpeg_quality)
     parser.add_argument("--echo", type=int, help=argparse.SUPPRESS)
+    add_threads_argument(parser)
     args = parser.parse_args()
+    apply_threads(args.threads)
     from mfuser_ros.node.dds import loopback_uri
 
     os.environ["CYCLONEDDS_URI"] = loopback_uri()  # this benchmark never needs traffic off the host

@@ -29,6 +29,7 @@ from mfuser_model.config_io import (
 from mfuser_model.errors import ConfigError
 
 __all__ = [
+    "BUNDLED_MODEL",
     "RUNTIME_PARAMETERS",
     "NodeConfig",
     "QosName",
@@ -49,6 +50,9 @@ QosName = Literal["sensor_data", "reliable", "best_effort", "system_default"]
 _TOPIC_RE = re.compile(r"^(~/|/)?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _COLOR_RE = re.compile(r"^#[0-9A-Fa-f]{6}$")
+
+# The toy model shipped with the package (config/mfuser_node.yaml's checkpoint): checks an install, not accuracy.
+BUNDLED_MODEL = "package://mfuser_ros/models/tiny-eva02-synthetic.safetensors"
 
 # Parameters that take effect at once while the node runs (`ros2 param set`): how outputs look and when
 # diagnostics warn. Every other parameter shapes what configure builds (topics, QoS, the model and its device,
@@ -75,11 +79,15 @@ class NodeConfig:
             frame gets no CameraInfo (counted as ``camera_info_unmatched`` in /diagnostics).
         input_qos / input_qos_depth: reliability profile and history depth of the image subscriptions.
         output_qos / output_qos_depth: the same for the label, colour, overlay and confidence publishers.
-        preset / checkpoint: model preset name and weight file (empty: random weights, for tests only).
+        preset / checkpoint: model preset name and weight file (a path or ``package://`` URI). Empty checkpoint:
+            random weights, which the node refuses unless ``allow_random_weights`` is set.
+        allow_random_weights: let the node run without a checkpoint (random weights: tests and demos only).
         device: ``cpu`` or ``cuda[:N]``. precision: ``fp32``, ``fp16`` or ``bf16``.
         decoder_backend: ``torch``, ``onnxruntime`` or ``tensorrt`` (passed to the model factory).
         decoder_onnx: a fixed decoder export for onnxruntime/tensorrt (one input size); empty: export per input
             size into ``decoder_cache_dir`` (empty: the model library's default cache folder).
+        threads: CPU threads of torch, OpenCV and onnxruntime (:mod:`mfuser_model.threads`): N, 0 for every
+            CPU (a dedicated machine), -1 for ``$OMP_NUM_THREADS`` or 1 (the default: safe beside other nodes).
         inference_mode / crop_size / stride: whole-image or sliding-window inference.
         network_image_width / network_image_height: the box every camera image is resized into (keeping its
             aspect ratio; the box turns with the image's orientation) before the model sees it, so the work per
@@ -121,11 +129,13 @@ class NodeConfig:
     output_qos_depth: PosInt = 1
     preset: str = "tiny-eva02"
     checkpoint: str = ""
+    allow_random_weights: bool = False
     device: str = "cpu"
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     decoder_backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
     decoder_onnx: str = ""
     decoder_cache_dir: str = ""
+    threads: Annotated[int, Range(ge=-1)] = -1  # -1: $OMP_NUM_THREADS or 1; 0: every CPU
     inference_mode: Literal["whole", "slide"] = "whole"
     crop_size: PosInt = 512
     stride: PosInt = 341
@@ -185,6 +195,11 @@ class NodeConfig:
                f"must be >= latency_warn_ms ({self.latency_warn_ms})")
 
     @property
+    def thread_option(self) -> int | None:
+        """``threads`` as :func:`mfuser_model.threads.apply_threads` takes it (-1 -> None: the policy's default)."""
+        return None if self.threads < 0 else self.threads
+
+    @property
     def network_input_box(self) -> tuple[int, int]:
         """(width, height) box of the model's input (``network_image_width/height``)."""
         return self.network_image_width, self.network_image_height
@@ -199,6 +214,18 @@ class NodeConfig:
         if self.camera_info_topics:
             return list(self.camera_info_topics)
         return [camera_info_topic(t) for t in self.image_topics]
+
+    def check_weights(self) -> None:
+        """The node's guard against running untrained: no checkpoint means random weights, refused unless asked for.
+
+        Raises:
+            ConfigError: ``checkpoint`` is empty and ``allow_random_weights`` is false; names both overrides.
+        """
+        if not self.checkpoint and not self.allow_random_weights:
+            msg = ("parameter 'checkpoint' is empty: the model would have random weights and segment nothing. Set "
+                   f"checkpoint to a model file (the bundled toy model: checkpoint:={BUNDLED_MODEL}), or set "
+                   "allow_random_weights:=true for tests and demos")
+            raise ConfigError(msg)
 
     def camera_namespaces(self) -> list[str]:
         """Output namespace of each camera, in ``image_topics`` order."""
