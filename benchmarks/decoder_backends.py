@@ -25,6 +25,7 @@ import torch
 from mfuser_model.deploy.decoder_backends import OnnxRuntimeDecoder, TorchDecoder
 from mfuser_model.deploy.onnx_export import decoder_input_shapes, example_decoder_inputs, export_decoder
 from mfuser_model.network.decode_head import MFuserHead
+from mfuser_model.threads import add_threads_argument, apply_threads
 
 HEADS = {
     "tiny": ({"in_channels": 96, "text_dim": 32, "num_classes": 19, "hidden_dim": 32, "num_heads": 2,
@@ -55,10 +56,9 @@ def main(argv=None):
     p.add_argument("--heads", nargs="+", choices=sorted(HEADS), default=["tiny", "full"])
     p.add_argument("--iters", type=int, default=5, help="timed runs of the full head (the tiny head gets 4x)")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=None, help="torch and onnxruntime intra-op threads")
+    add_threads_argument(p)  # torch and onnxruntime intra-op threads, the commands' policy
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, CUDA: "
           f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
     try:

@@ -17,6 +17,14 @@ input, with the node's default network input box (network_image_width/height, 20
 "label path" = receive + decode + resize + preprocess + postprocess + encode + publish: everything the node does on
 the CPU for the labels output except the network's forward (target <= 5 ms for 1920x1080 rgb8 on the project's 2-core
 CPU). The DDS round trip sends a 640x480 rgb8 frame to an echo process over loopback and back (target <= 10 ms).
+
+Compressed outputs (``--compressed-size``, default 1920x1080), against the raw topics they stand beside: bytes per
+frame on the wire (the CDR-serialized message) and the encode time (median ms) of ``labels`` (mono8) vs
+``labels/compressed`` (PNG at ``--png-level``, checked to decode to exactly the labels), and of ``color`` / ``overlay``
+(bgr8) vs ``color/compressed`` / ``overlay/compressed`` (JPEG at ``--jpeg-quality``); the node's defaults unless
+given. The labels are the postprocessed arg-max of street-scene scores (as above), the camera image a rendered
+street scene (the overlay's background). "make" is the shared work (palette lookup, blending) the raw and compressed
+topic both need; "encode" is what the compressed topic adds; "serialize" is building and CDR-serializing the message.
 """
 
 from __future__ import annotations
@@ -35,8 +43,17 @@ import torch
 from mfuser_model.inference import labels_from_lowres, network_size, resize_to_network
 from mfuser_model.preprocess import normalize
 from mfuser_model.synthetic.scenes import render_scene
+from mfuser_model.threads import add_threads_argument, apply_threads
 from mfuser_ros.node.config import NodeConfig
-from mfuser_ros.node.conversions import OutputImage, message_to_rgb
+from mfuser_ros.node.conversions import (
+    OutputImage,
+    encode_jpeg_bgr8,
+    encode_png_mono8,
+    labels_to_color_bgr,
+    message_to_rgb,
+    overlay_bgr,
+    palette_lut_bgr,
+)
 from mfuser_ros.node.pipeline import FrameTiming, SegmentationPipeline, Wanted
 
 SIZES = [(480, 640), (720, 1280), (1080, 1920), (2160, 3840)]
@@ -129,6 +146,47 @@ def stage_table(reps: int) -> None:
             print(f"{f'{width}x{height} {kind}':>16} " + " ".join(f"{row[c]:10.2f}" for c in columns))
 
 
+def compressed_table(height: int, width: int, reps: int, png_level: int, jpeg_quality: int) -> None:
+    """Bytes per frame and encode ms of every compressed output against its raw topic, at one size."""
+    from mfuser_ros.node.dds import Header_, Time_, to_dds_compressed, to_dds_image
+
+    config = NodeConfig()
+    header = Header_(Time_(1, 2), "camera_optical")
+    rgb, _ = render_scene(np.random.default_rng(1), height, width, style="game")
+    net = network_size(height, width, BOX)
+    labels = labels_from_lowres(scene_scores(*net), net, net, (height, width), with_confidence=False).labels
+    labels = np.ascontiguousarray(labels, dtype=np.uint8)
+    lut = palette_lut_bgr(SegmentationPipeline(segmenter=None).palette)
+    color = labels_to_color_bgr(labels, lut)
+    overlay = overlay_bgr(rgb, color, labels, config.overlay_alpha)
+    png = encode_png_mono8(labels, png_level)
+    decoded = cv2.imdecode(png.data, cv2.IMREAD_UNCHANGED)
+    if decoded is None or not np.array_equal(decoded, labels):
+        raise SystemExit("PNG labels did not round-trip exactly")
+    make = {"labels": lambda: labels, "color": lambda: labels_to_color_bgr(labels, lut),
+            "overlay": lambda: overlay_bgr(rgb, color, labels, config.overlay_alpha)}
+    raw = {"labels": OutputImage("mono8", labels), "color": OutputImage("bgr8", color),
+           "overlay": OutputImage("bgr8", overlay)}
+    encoders = {"labels": (f"PNG level {png_level}", lambda: encode_png_mono8(labels, png_level)),
+                "color": (f"JPEG q{jpeg_quality}", lambda: encode_jpeg_bgr8(color, jpeg_quality)),
+                "overlay": (f"JPEG q{jpeg_quality}", lambda: encode_jpeg_bgr8(overlay, jpeg_quality))}
+    print(f"compressed outputs at {width}x{height} (median ms over {reps}; bytes = the CDR message on the wire)")
+    print(f"{'topic':>20} {'format':>12} {'bytes/frame':>12} {'of raw':>8} {'make':>8} {'encode':>8} {'serialize':>10}")
+    for kind in ("labels", "color", "overlay"):
+        make_ms = median_ms(make[kind], reps) if kind != "labels" else 0.0
+        raw_bytes = len(to_dds_image(header, raw[kind]).serialize())
+        raw_ser = median_ms(lambda k=kind: to_dds_image(header, raw[k]).serialize(), reps)
+        print(f"{kind:>20} {raw[kind].encoding:>12} {raw_bytes:12,d} {'100 %':>8} {make_ms:8.2f} {0.0:8.2f} "
+              f"{raw_ser:10.2f}")
+        name, encode = encoders[kind]
+        out = encode()
+        enc_ms = median_ms(encode, reps)
+        comp_bytes = len(to_dds_compressed(header, out).serialize())
+        comp_ser = median_ms(lambda o=out: to_dds_compressed(header, o).serialize(), reps)
+        print(f"{kind + '/compressed':>20} {name:>12} {comp_bytes:12,d} {100 * comp_bytes / raw_bytes:7.1f}% "
+              f"{make_ms:8.2f} {enc_ms:8.2f} {comp_ser:10.2f}")
+
+
 def _participant_pair(domain_id: int, out_topic: str, in_topic: str):
     from cyclonedds.domain import DomainParticipant
     from cyclonedds.pub import DataWriter
@@ -206,8 +264,15 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--frames", type=int, default=50)
     parser.add_argument("--no-dds", action="store_true")
+    parser.add_argument("--no-stages", action="store_true", help="skip the per-stage table")
+    parser.add_argument("--compressed-size", default="1920x1080", help="WIDTHxHEIGHT of the compressed-output table "
+                        "(empty: skip it)")
+    parser.add_argument("--png-level", type=int, default=NodeConfig().png_level)
+    parser.add_argument("--jpeg-quality", type=int, default=NodeConfig().jpeg_quality)
     parser.add_argument("--echo", type=int, help=argparse.SUPPRESS)
+    add_threads_argument(parser)
     args = parser.parse_args()
+    apply_threads(args.threads)
     from mfuser_ros.node.dds import loopback_uri
 
     os.environ["CYCLONEDDS_URI"] = loopback_uri()  # this benchmark never needs traffic off the host
@@ -216,7 +281,11 @@ def main() -> None:
         return
     print(f"node overhead per frame (median ms over {args.reps}), torch threads {torch.get_num_threads()}, "
           f"{os.cpu_count()} CPUs")
-    stage_table(args.reps)
+    if not args.no_stages:
+        stage_table(args.reps)
+    if args.compressed_size:
+        width, height = (int(v) for v in args.compressed_size.split("x"))
+        compressed_table(height, width, args.reps, args.png_level, args.jpeg_quality)
     if not args.no_dds:
         round_trip(args.frames)
 

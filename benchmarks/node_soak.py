@@ -152,7 +152,7 @@ def main() -> int:
         [sys.executable, "-m", "mfuser_ros.node.cli", "--transport", "dds", "--loopback", "--domain-id",
          str(domain_id), "-p", "image_topics=[front/image_raw, rear/image_raw/compressed, side/image_raw]",
          "-p", "warmup=false", "-p", "diagnostics_period_s=0.5", "-p", "stats_window_s=5.0",
-         *[x for p in args.param for x in ("-p", p)]],
+         "-p", "allow_random_weights=true", *[x for p in args.param for x in ("-p", p)]],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert "ready" in node.stdout.readline(), node.stderr.read()[-2000:]
     print(f"node pid {node.pid}, RSS at ready {rss_mb(node.pid):.0f} MB", flush=True)

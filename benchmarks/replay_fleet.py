@@ -7,7 +7,8 @@ Makes ``--bags`` demo bags (two cameras each: raw rgb8 "game" and JPEG "fog", wi
 1. replays each bag alone in this process (one torch thread, like a worker with one CPU) with one loaded model:
    the summed single-bag model time (the model calls inside the replays) and replay time;
 2. runs ``run_fleet`` over all bags with 1 worker, then with 2 workers, each job starting its own local Ray
-   instance (127.0.0.1) and its workers, as ``mfuser-replay-fleet`` does.
+   instance (127.0.0.1) and its workers, as ``mfuser-replay-fleet`` does;
+3. runs the job ``--in-process`` (no Ray: one model load in this process, the bags one after another).
 
 Printed per job: wall time, bags per minute, Ray start-up, and the overhead against the summed single-bag model
 time in worker-seconds: (workers x job wall - summed model time) / summed model time. It holds everything that is
@@ -67,6 +68,9 @@ def main() -> int:
                                             workers=workers), log=lambda _: None)
             assert result.merged["bags_ok"] == args.bags, result.merged["failed"]
             jobs[workers] = result.job
+        here = run_fleet(FleetOptions(bags=tuple(bags), out=root / "job-in-process", replay=base, in_process=True),
+                         log=lambda _: None)
+        assert here.merged["bags_ok"] == args.bags, here.merged["failed"]
     load_after = os.getloadavg()
     print(f"{args.bags} bags x {len(cameras)} cameras x {args.frames} frames ({frames} frames, {width}x{height}), "
           f"checkpoint {args.checkpoint.name}; {os.cpu_count()} CPUs, load average {load_before[0]:.2f} before, "
@@ -79,6 +83,9 @@ def main() -> int:
         print(f"fleet, {workers} worker{'s' if workers > 1 else ' '}: {job['wall_s']:6.2f} s, "
               f"{job['bags_per_minute']:6.2f} bags/min; Ray start-up {job['ray_start_s']:.2f} s; overhead vs summed "
               f"model time {100 * overhead:.0f} % ({100 * steady:.0f} % without Ray start-up)")
+    overhead = (here.job["wall_s"] - model_s) / model_s
+    print(f"fleet, --in-process (no Ray): {here.job['wall_s']:6.2f} s, {here.job['bags_per_minute']:6.2f} bags/min; "
+          f"overhead vs summed model time {100 * overhead:.0f} %")
     ratio = jobs[2]["bags_per_minute"] / jobs[1]["bags_per_minute"]
     print(f"scaling 1 -> 2 workers: {ratio:.2f}x bags/min (ideal 2.00x on 2 free cores)")
     return 0

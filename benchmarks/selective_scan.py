@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 import mfuser_model.ops.selective_scan as ss
+from mfuser_model.threads import add_threads_argument, apply_threads
 
 D_INNER, LENGTH, D_STATE = 512, 2594, 16
 
@@ -101,13 +102,11 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per backend (ref and blocked: fewer)")
     parser.add_argument("--ref-backward", action="store_true", help="also time forward + backward of the reference")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads before timing (default: leave torch's choice). On a machine "
-                             "busy with other processes, torch's OpenMP barriers make ref and blocked many times "
-                             "slower with 2 threads than with 1; --threads 1 shows their intrinsic speed.")
+    # On a machine busy with other processes, torch's OpenMP barriers make ref and blocked many times slower with
+    # 2 threads than with 1 (benchmarks/threads.py); the default, the commands' policy, is 1.
+    add_threads_argument(parser)
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
 
     default = ss.resolve_backend(torch.zeros(1, 1, 1))
     backends = ["blocked", "native"] + (["cuda"] if "cuda" in ss.available_backends("cuda") else [])

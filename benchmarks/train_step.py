@@ -18,6 +18,7 @@ import time
 import torch
 
 from mfuser_model.checkpoint import build_model
+from mfuser_model.threads import add_threads_argument, apply_threads
 from training.losses import LossWeights, MFuserLoss
 from training.optim import OptimConfig, build_optimizer
 
@@ -101,7 +102,9 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=1024, help="mask-loss points for the CPU run")
     parser.add_argument("--cuda-precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--skip-cuda", action="store_true")
+    add_threads_argument(parser)
     args = parser.parse_args()
+    apply_threads(args.threads)
     bench_cpu(args.preset, args.crop, args.batch, args.iters, args.points)
     if args.skip_cuda:
         return

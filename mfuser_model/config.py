@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from mfuser_model.classes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
-from mfuser_model.config_io import load_dataclass
+from mfuser_model.config_io import NonEmpty, NonNegInt, PosFloat, PosInt, Range, check_fields, load_dataclass
 from mfuser_model.errors import ConfigError
 from mfuser_model.resources import package_share_dirs, resolve_path
 
@@ -26,49 +26,59 @@ class BackboneWeights:
     tokenizer: str | None = None  # SigLIP only: a local folder with the tokenizer files
 
 
+_Channel = Annotated[int, Range(ge=0, le=255)]  # an 8-bit RGB component
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """An MFuser variant. Full-size values are the paper's; tiny presets shrink widths and depths only."""
 
     name: str
     vlm: Literal["eva02", "clip", "siglip"]
-    depth: int = 24
-    vfm_dim: int = 1024
-    vfm_heads: int = 16
-    vlm_dim: int = 1024
-    vlm_heads: int = 16
-    patch_size: int = 16  # 16 for the CLIP and SigLIP pairings (DINOv2 resized 14 -> 16), 14 for EVA02
-    img_size: int = 512  # size the position embeddings are stored for (training crop)
-    out_indices: tuple[int, int, int, int] = (7, 11, 15, 23)
-    text_dim: int = 768  # joint image-text width: 768 CLIP/EVA02, 1024 SigLIP
-    text_width: int = 768
-    text_heads: int = 12
-    text_layers: int = 12
-    text_vocab_size: int = 49408
-    text_context_length: int = 77  # the tower's positional table; the prompt uses only the first T + P
-    name_length: int = 5  # T: class-name tokens incl. SOS/EOS
-    num_context: int = 5  # P: learnable context vectors (8 for EVA02)
+    depth: PosInt = 24
+    vfm_dim: PosInt = 1024
+    vfm_heads: PosInt = 16
+    vlm_dim: PosInt = 1024
+    vlm_heads: PosInt = 16
+    patch_size: PosInt = 16  # 16 for the CLIP and SigLIP pairings (DINOv2 resized 14 -> 16), 14 for EVA02
+    img_size: PosInt = 512  # size the position embeddings are stored for (training crop)
+    out_indices: tuple[NonNegInt, NonNegInt, NonNegInt, NonNegInt] = (7, 11, 15, 23)
+    text_dim: PosInt = 768  # joint image-text width: 768 CLIP/EVA02, 1024 SigLIP
+    text_width: PosInt = 768
+    text_heads: PosInt = 12
+    text_layers: PosInt = 12
+    text_vocab_size: PosInt = 49408
+    text_context_length: PosInt = 77  # the tower's positional table; the prompt uses only the first T + P
+    name_length: PosInt = 5  # T: class-name tokens incl. SOS/EOS
+    num_context: NonNegInt = 5  # P: learnable context vectors (8 for EVA02)
     tokenizer: Literal["openai-clip-bpe", "siglip"] = "openai-clip-bpe"
-    class_names: tuple[str, ...] = CITYSCAPES_CLASSES
-    palette: tuple[tuple[int, int, int], ...] = CITYSCAPES_PALETTE
-    d_state: int = 16
-    context_width: int = 256
-    context_heads: int = 4
-    context_layers: int = 1
-    head_dim: int = 256
-    head_heads: int = 8
-    head_decoder_layers: int = 9
-    head_pixel_decoder_layers: int = 6
-    head_ffn_dim: int = 2048
-    temperature: float = 0.07
-    vlm_drop_path: float = 0.0  # 0.1 for CLIP in the reference
+    class_names: Annotated[tuple[str, ...], NonEmpty] = CITYSCAPES_CLASSES
+    palette: tuple[tuple[_Channel, _Channel, _Channel], ...] = CITYSCAPES_PALETTE
+    d_state: PosInt = 16
+    context_width: PosInt = 256
+    context_heads: PosInt = 4
+    context_layers: PosInt = 1
+    head_dim: PosInt = 256
+    head_heads: PosInt = 8
+    head_decoder_layers: PosInt = 9
+    head_pixel_decoder_layers: PosInt = 6
+    head_ffn_dim: PosInt = 2048
+    temperature: PosFloat = 0.07
+    vlm_drop_path: Annotated[float, Range(ge=0, lt=1)] = 0.0  # 0.1 for CLIP in the reference
     freeze_encoders: bool = True  # tiny presets trained from scratch may unfreeze them; the preset says so
-    crop_size: int = 512
+    crop_size: PosInt = 512
     weights: BackboneWeights = field(default_factory=BackboneWeights)
 
     def __post_init__(self) -> None:
-        if not self.class_names:
-            msg = "class_names must not be empty"
+        check_fields(self)
+        for dim, heads in (("vfm_dim", "vfm_heads"), ("vlm_dim", "vlm_heads"), ("text_width", "text_heads"),
+                           ("context_width", "context_heads"), ("head_dim", "head_heads")):
+            if getattr(self, dim) % getattr(self, heads):
+                msg = f"{dim} ({getattr(self, dim)}) must be a multiple of {heads} ({getattr(self, heads)})"
+                raise ConfigError(msg)
+        if self.name_length + self.num_context > self.text_context_length:
+            msg = (f"name_length + num_context ({self.name_length} + {self.num_context}) must fit "
+                   f"text_context_length ({self.text_context_length})")
             raise ConfigError(msg)
         if len(self.class_names) > 255:
             msg = f"at most 255 classes fit a mono8 label image (255 = ignore), got {len(self.class_names)}"

@@ -2,6 +2,11 @@
 
 Configs are plain dataclasses. Loading rejects unknown keys and mistyped values with a
 :class:`ConfigError` that names the file and the key, so a typo never silently becomes a default.
+
+Ranges are part of a field's type: ``depth: PosInt = 24`` (``Annotated[int, Range(ge=1)]``). The loader checks them
+as it converts each value, so the error names the file and the dotted key; a config class also calls
+:func:`check_fields` in ``__post_init__``, so one built in code is held to the same ranges. Checks that involve
+several fields stay in ``__post_init__``; the loader prefixes their errors with the file and the section.
 """
 
 from __future__ import annotations
@@ -9,16 +14,138 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Annotated, Any, TypeVar, Union
 
 import yaml
 
 from mfuser_model.errors import ConfigError
 
-__all__ = ["dataclass_from_dict", "dataclass_to_dict", "load_dataclass", "load_yaml", "parse_override"]
+__all__ = [
+    "NonEmpty",
+    "NonNegFloat",
+    "NonNegInt",
+    "PosFloat",
+    "PosInt",
+    "Range",
+    "UnitFloat",
+    "check_fields",
+    "dataclass_from_dict",
+    "dataclass_to_dict",
+    "load_dataclass",
+    "load_yaml",
+    "parse_override",
+]
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bounds a config value must meet, attached to its type: ``Annotated[int, Range(ge=1)]``.
+
+    ``ge``/``gt``/``le``/``lt`` bound a number; ``min_len`` the length of a sequence or string.
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    min_len: int | None = None
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is out of range (``"must be >= 1"``), or None when it is in range."""
+        if self.min_len is not None and len(value) < self.min_len:
+            return "must not be empty" if self.min_len == 1 else f"must have at least {self.min_len} items"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        low = (f"[{_num(self.ge)}" if self.ge is not None else f"({_num(self.gt)}" if self.gt is not None else None)
+        high = (f"{_num(self.le)}]" if self.le is not None else f"{_num(self.lt)})" if self.lt is not None else None)
+        ok = ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+              and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+        if ok:
+            return None
+        if low and high:
+            return f"must be in {low}, {high}"
+        if low:
+            return f"must be {'>=' if self.ge is not None else '>'} {low[1:]}"
+        return f"must be {'<=' if self.le is not None else '<'} {high[:-1]}"  # type: ignore[index]
+
+
+def _num(x: float | None) -> str:
+    return str(int(x)) if x is not None and float(x).is_integer() else str(x)
+
+
+# The ranges most fields need.
+PosInt = Annotated[int, Range(ge=1)]
+NonNegInt = Annotated[int, Range(ge=0)]
+PosFloat = Annotated[float, Range(gt=0)]
+NonNegFloat = Annotated[float, Range(ge=0)]
+UnitFloat = Annotated[float, Range(ge=0, le=1)]
+NonEmpty = Range(min_len=1)
+
+
+def _range_problem(tp: Any, value: Any, key: str) -> str | None:  # noqa: PLR0911
+    """First range violation of ``value`` against the ``Range`` marks in ``tp`` (recursing into optionals, tuples
+    and lists), as ``"key: value 0 must be >= 1"``."""
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        base, *marks = typing.get_args(tp)
+        for mark in marks:
+            if isinstance(mark, Range) and (why := mark.problem(value)):
+                shown = "" if mark.min_len is not None else f"value {value!r} "
+                return f"{key}: {shown}{why}"
+        return _range_problem(base, value, key)
+    if origin in (Union, types.UnionType):
+        if value is None:
+            return None
+        # The first arm the value's type fits decides (PosInt | None, tuple[PosInt, PosInt] | Literal[...]).
+        for arm in typing.get_args(tp):
+            if _fits(arm, value):
+                return _range_problem(arm, value, key)
+        return None
+    if origin in (list, tuple) and isinstance(value, (list, tuple)):
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            pairs = zip(args, value, strict=False)
+        else:
+            pairs = ((args[0] if args else Any, v) for v in value)
+        for i, (arm, item) in enumerate(pairs):
+            if why := _range_problem(arm, item, f"{key}[{i}]"):
+                return why
+    return None
+
+
+def _fits(tp: Any, value: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        return _fits(typing.get_args(tp)[0], value)
+    if origin is typing.Literal:
+        return value in typing.get_args(tp)
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, tp) if isinstance(tp, type) else False
+
+
+def check_fields(obj: Any) -> None:
+    """Check every field of the dataclass instance ``obj`` against the ``Range`` marks in its type.
+
+    Call it first in a config's ``__post_init__``; the loader checks the same marks while converting.
+
+    Raises:
+        ConfigError: the first field out of range, ``"<field>: value <v> must be ..."``.
+    """
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        if why := _range_problem(hints[f.name], getattr(obj, f.name), f.name):
+            raise ConfigError(why)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, include_extras=True)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -104,7 +231,7 @@ def _convert(tp: Any, value: Any, where: str, key: str) -> Any:  # noqa: PLR0911
         if not isinstance(value, dict):
             msg = f"{where}: {label}: expected a mapping, found {type(value).__name__}"
             raise ConfigError(msg)
-        hints = typing.get_type_hints(tp)
+        hints = _hints(tp)
         fields = {f.name: f for f in dataclasses.fields(tp) if f.init}
         unknown = sorted(set(value) - set(fields))
         if unknown:
@@ -122,10 +249,15 @@ def _convert(tp: Any, value: Any, where: str, key: str) -> Any:  # noqa: PLR0911
         try:
             return tp(**kwargs)
         except (ValueError, TypeError) as err:
-            if isinstance(err, ConfigError):
-                raise
-            msg = f"{where}: {label}: {err}"
+            # __post_init__'s checks name the field; the file and the section are added here.
+            msg = f"{where}: {key + ': ' if key else ''}{err}"
             raise ConfigError(msg) from None
+    if origin is Annotated:
+        converted = _convert(typing.get_args(tp)[0], value, where, key)
+        if why := _range_problem(tp, converted, label):
+            msg = f"{where}: {why}"
+            raise ConfigError(msg)
+        return converted
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):

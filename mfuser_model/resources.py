@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mfuser_model.errors import ConfigError
 
-__all__ = ["PACKAGE", "PACKAGE_URI", "ament_prefixes", "package_share_dirs", "resolve_path"]
+__all__ = ["PACKAGE", "PACKAGE_URI", "ament_prefixes", "package_share_dirs", "require_file", "resolve_path"]
 
 PACKAGE = "mfuser_ros"
 PACKAGE_URI = "package://"
@@ -93,3 +93,17 @@ def resolve_path(path: str | Path) -> Path:
     where = ", ".join(str(d) for d in dirs) or f"no share folder of {package!r} found (AMENT_PREFIX_PATH)"
     msg = f"{text}: not found (searched {where})"
     raise ConfigError(msg)
+
+
+def require_file(path: str | Path, what: str) -> Path:
+    """:func:`resolve_path`, checked to be an existing file: commands check their inputs with this before they load
+    torch and the model, so a mistyped path fails in a fraction of a second, naming ``what`` (e.g. ``--checkpoint``).
+
+    Raises:
+        ConfigError: no such file (or a ``package://`` URI that resolves to none).
+    """
+    resolved = resolve_path(path)
+    if not resolved.is_file():
+        msg = f"{what} {path}: " + ("is not a file" if resolved.exists() else "no such file")
+        raise ConfigError(msg)
+    return resolved

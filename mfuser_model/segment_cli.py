@@ -10,20 +10,22 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cv2
-import numpy as np
-
-from mfuser_model.checkpoint import build_model
-from mfuser_model.classes import colorize
 from mfuser_model.errors import MFuserError
-from mfuser_model.inference import Segmenter
+from mfuser_model.resources import require_file
+from mfuser_model.threads import add_threads_argument, apply_threads
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["main", "overlay"]
 
 
 def overlay(rgb: np.ndarray, color: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend a colour label image over the RGB input (both (H, W, 3) uint8)."""
+    import cv2  # noqa: PLC0415 - heavy imports only past --help
+
     return cv2.addWeighted(rgb, 1.0 - alpha, color, alpha, 0.0)
 
 
@@ -36,13 +38,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["whole", "slide"], default="whole")
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    add_threads_argument(p)
     return p
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Missing files fail here, in a fraction of a second, before torch and the model load."""
+    for path in args.images:
+        require_file(path, "image")
+    if args.checkpoint:
+        require_file(args.checkpoint, "--checkpoint")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = _parser().parse_args(argv)
     try:
+        _check_inputs(args)
+        apply_threads(args.threads)  # before torch loads (see mfuser_model.threads)
+        import cv2  # noqa: PLC0415 - heavy imports only past --help and the input checks
+        import numpy as np  # noqa: PLC0415
+
+        from mfuser_model.checkpoint import build_model  # noqa: PLC0415
+        from mfuser_model.classes import colorize  # noqa: PLC0415
+        from mfuser_model.inference import Segmenter  # noqa: PLC0415
+
         model = build_model(preset=args.preset, checkpoint=args.checkpoint, device=args.device)
         segmenter = Segmenter(model, mode=args.mode, device=args.device, precision=args.precision)
     except (MFuserError, OSError) as err:

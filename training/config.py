@@ -12,9 +12,18 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from mfuser_model.config_io import load_dataclass, parse_override
+from mfuser_model.config_io import (
+    NonNegInt,
+    PosFloat,
+    PosInt,
+    Range,
+    UnitFloat,
+    check_fields,
+    load_dataclass,
+    parse_override,
+)
 from mfuser_model.errors import ConfigError
 from training.losses import LossWeights
 from training.optim import OptimConfig
@@ -39,10 +48,13 @@ SyntheticStyle = Literal["game", "day", "night", "fog", "rain", "texture"]
 class SyntheticSpec:
     """How to render a synthetic stand-in for a dataset (``training.synthetic``) when it is missing."""
 
-    num_images: int = 100
-    size: tuple[int, int] = (512, 256)  # (width, height) of the rendered frames
+    num_images: PosInt = 100
+    size: tuple[PosInt, PosInt] = (512, 256)  # (width, height) of the rendered frames
     style: SyntheticStyle = "game"
-    seed: int = 0
+    seed: NonNegInt = 0
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -60,15 +72,19 @@ class DatasetSpec:
     # default per kind: train for sources, val (validation for Mapillary) for targets; GTAV: all images, or one
     # RobustNet split folder (train, valid, test)
     split: str | None = None
-    scale: tuple[int, int] | Literal["auto", "native"] = "auto"
-    max_images: int | None = None  # evaluate on the first N images only (quick checks)
+    scale: tuple[PosInt, PosInt] | Literal["auto", "native"] = "auto"
+    max_images: PosInt | None = None  # evaluate on the first N images only (quick checks)
     synthetic: SyntheticSpec | None = None  # rendered into ``root`` when missing and data.generate_if_missing
     # Mapillary only: the name table for raw labels (openseg, narrow, definitions; default openseg, see
     # training.label_maps) and the label layout (auto, trainids, rein, half, v1.2, legacy, v2.0).
     label_map: str | None = None
     label_version: str = "auto"
+    # Which classes the mIoU averages over (mfuser_model.metrics.MIOU_RULES): mmseg (the paper's), or bdd100k to
+    # put a number next to one the BDD100K toolkit printed.
+    miou_rule: Literal["mmseg", "bdd100k"] = "mmseg"
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.kind != "mapillary" and (self.label_map is not None or self.label_version != "auto"):
             msg = f"label_map and label_version apply to kind mapillary only, not {self.kind}"
             raise ConfigError(msg)
@@ -79,11 +95,14 @@ class RareClassConfig:
     """DAFormer rare-class sampling (MFuser's ``UGDataset``)."""
 
     enabled: bool = True
-    class_temp: float = 100.0
-    min_pixels: int = 3000
-    min_crop_ratio: float = 0.5
-    max_recrops: int = 10
+    class_temp: PosFloat = 100.0
+    min_pixels: NonNegInt = 3000
+    min_crop_ratio: UnitFloat = 0.5
+    max_recrops: NonNegInt = 10
     cache_dir: str | None = None  # default: beside the labels (falls back to ~/.cache/mfuser/rcs)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -91,14 +110,20 @@ class DataConfig:
     """Source data and augmentation."""
 
     source: DatasetSpec
-    crop_size: int = 512
-    ratio_range: tuple[float, float] = (0.5, 2.0)
-    cat_max_ratio: float = 0.75
-    flip_prob: float = 0.5
+    crop_size: PosInt = 512
+    ratio_range: tuple[PosFloat, PosFloat] = (0.5, 2.0)
+    cat_max_ratio: Annotated[float, Range(gt=0, le=1)] = 0.75
+    flip_prob: UnitFloat = 0.5
     photometric: bool = True
     rare_class: RareClassConfig = field(default_factory=RareClassConfig)
-    num_workers: int = 4
+    num_workers: NonNegInt = 4
     generate_if_missing: bool = False  # render synthetic data for specs with a ``synthetic`` section
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.ratio_range[0] > self.ratio_range[1]:
+            msg = f"ratio_range: {list(self.ratio_range)} must be [low, high] with low <= high"
+            raise ConfigError(msg)
 
 
 @dataclass(frozen=True)
@@ -107,11 +132,17 @@ class EvalConfig:
 
     targets: list[DatasetSpec] = field(default_factory=list)
     mode: Literal["slide", "whole"] = "slide"
-    crop_size: int = 512
-    stride: int = 341
-    interval: int = 0  # evaluate every N iterations during training; 0 = only at the end
-    num_samples: int = 4  # rows of the PNG grid of predictions per target
+    crop_size: PosInt = 512
+    stride: PosInt = 341
+    interval: NonNegInt = 0  # evaluate every N iterations during training; 0 = only at the end
+    num_samples: NonNegInt = 4  # rows of the PNG grid of predictions per target
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.stride > self.crop_size:  # windows further apart than wide would leave pixels unscored
+            msg = f"stride: value {self.stride} must be <= crop_size ({self.crop_size})"
+            raise ConfigError(msg)
 
 
 @dataclass(frozen=True)
@@ -134,14 +165,14 @@ class TrainConfig:
     loss: LossWeights = field(default_factory=LossWeights)
     eval: EvalConfig = field(default_factory=EvalConfig)
     work_dir: str | None = None  # default work_dirs/<name>
-    iterations: int = 20000
-    batch_size: int = 2  # per process (GPU)
-    seed: int = 2023
+    iterations: PosInt = 20000
+    batch_size: PosInt = 2  # per process (GPU)
+    seed: NonNegInt = 2023  # numpy's generators take no negative seed
     device: str = "auto"  # auto = cuda:<local rank> when CUDA is available, else cpu
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    checkpoint_interval: int = 2000
-    keep_checkpoints: int = 3
-    log_interval: int = 50
+    checkpoint_interval: PosInt = 2000
+    keep_checkpoints: PosInt = 3
+    log_interval: PosInt = 50
     resume: str = "auto"  # auto = latest checkpoint in work_dir, none = start fresh, or a checkpoint path
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
     find_unused_parameters: bool = False  # DDP flag; the reference sets True (it has dead SigLIP projections)
@@ -149,16 +180,7 @@ class TrainConfig:
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.checkpoint_interval >= 1, f"checkpoint_interval must be >= 1, got {self.checkpoint_interval}"),
-            (self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}"),
-            (self.log_interval >= 1, f"log_interval must be >= 1, got {self.log_interval}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(msg)
+        check_fields(self)
         names = [t.name for t in self.eval.targets]
         if any(not n for n in names) or len(set(names)) != len(names):
             msg = f"eval.targets need unique, non-empty names, got {names}"

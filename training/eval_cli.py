@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mfuser_model.errors import ConfigError, MFuserError
-from training.config import load_train_config
+from mfuser_model.resources import require_file
+from mfuser_model.threads import add_threads_argument, apply_threads
 
 __all__ = ["main"]
 
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--targets", default=None, help="comma-separated target names (default: all)")
     parser.add_argument("--out", default=None, help="output folder (default: <model folder>/eval_<model stem>)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_threads_argument(parser)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     return parser
 
@@ -39,11 +41,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code (0 ok, 2 bad config, data or model file)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from mfuser_model.checkpoint import load_model  # noqa: PLC0415
-    from training.distributed import setup_distributed, teardown_distributed  # noqa: PLC0415
-    from training.evaluate import evaluate_targets  # noqa: PLC0415
-
     try:
+        require_file(args.model, "--model")
+        apply_threads(args.threads)  # before torch loads (see mfuser_model.threads)
+        from mfuser_model.checkpoint import load_model  # noqa: PLC0415 - torch only past --help and the checks
+        from mfuser_model.report import percent  # noqa: PLC0415
+        from training.config import load_train_config  # noqa: PLC0415
+        from training.distributed import setup_distributed, teardown_distributed  # noqa: PLC0415
+        from training.evaluate import evaluate_targets  # noqa: PLC0415
+
         cfg = load_train_config(args.config, args.overrides)
         targets = list(cfg.eval.targets)
         if args.targets:
@@ -62,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             model = load_model(args.model, ctx.device)
             model_path = Path(args.model)
             out = Path(args.out) if args.out else model_path.parent / f"eval_{model_path.stem}"
-            results = evaluate_targets(model, targets, cfg.eval, out, ctx=ctx, generate=cfg.data.generate_if_missing)
+            results = evaluate_targets(model, targets, cfg.eval, out, ctx=ctx, generate=cfg.data.generate_if_missing,
+                                       model_file=model_path)
         finally:
             teardown_distributed(ctx)
     except MFuserError as err:
@@ -70,10 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if ctx.is_main:
         width = max(len(n) for n in results)
-        print(f"| {'target':<{width}} | mIoU   |")
-        print(f"|{'-' * (width + 2)}|--------|")
+        print(f"| {'target':<{width}} | mIoU    | rule    |")
+        print(f"|{'-' * (width + 2)}|---------|---------|")
         for name, r in results.items():
-            print(f"| {name:<{width}} | {100 * r.miou:6.2f} |")
+            print(f"| {name:<{width}} | {percent(r.miou):>7} | {r.metrics['miou_rule']:<7} |")
         print(f"reports in {out}")
     return 0
 

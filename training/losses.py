@@ -18,11 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 
 from mfuser_model.classes import IGNORE_INDEX
+from mfuser_model.config_io import NonNegFloat, PosFloat, PosInt, Range, UnitFloat, check_fields
 
 __all__ = [
     "LossWeights",
@@ -39,16 +41,19 @@ __all__ = [
 class LossWeights:
     """Weights and point-sampling numbers of :class:`MFuserLoss` (defaults: the reference's)."""
 
-    cls: float = 2.0
-    mask: float = 5.0
-    dice: float = 5.0
-    align: float = 1.0
-    no_object: float = 0.1
-    num_points: int = 12544
-    oversample_ratio: float = 3.0
-    importance_sample_ratio: float = 0.75
-    dice_eps: float = 1.0
+    cls: NonNegFloat = 2.0
+    mask: NonNegFloat = 5.0
+    dice: NonNegFloat = 5.0
+    align: NonNegFloat = 1.0
+    no_object: NonNegFloat = 0.1
+    num_points: PosInt = 12544
+    oversample_ratio: Annotated[float, Range(ge=1)] = 3.0  # PointRend draws oversample_ratio * P candidates
+    importance_sample_ratio: UnitFloat = 0.75
+    dice_eps: PosFloat = 1.0
     deep_supervision: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def point_sample(inputs: torch.Tensor, coords: torch.Tensor, align_corners: bool = False) -> torch.Tensor:

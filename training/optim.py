@@ -10,9 +10,12 @@ embeddings. Frozen parameters are not handed to the optimizer at all. Schedule: 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from torch import nn
+
+from mfuser_model.config_io import NonNegFloat, NonNegInt, PosFloat, Range, UnitFloat, check_fields
 
 __all__ = ["OptimConfig", "build_optimizer", "lr_at", "no_decay_reason", "param_groups", "set_lr"]
 
@@ -22,19 +25,25 @@ _NO_DECAY_NAMES = ("pos_embed", "positional_embedding", "level_embed", "level_en
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
+_Beta = Annotated[float, Range(ge=0, lt=1)]  # torch.optim.AdamW refuses others
+
+
 @dataclass(frozen=True)
 class OptimConfig:
     """AdamW and schedule numbers (defaults: the paper's EVA02 runs)."""
 
-    lr: float = 1e-4
-    weight_decay: float = 1e-5
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    warmup_iters: int = 1500
-    warmup_ratio: float = 1e-6
-    power: float = 0.9
-    min_lr: float = 1e-6
-    grad_clip: float | None = None  # the reference does not clip
+    lr: PosFloat = 1e-4
+    weight_decay: NonNegFloat = 1e-5
+    betas: tuple[_Beta, _Beta] = (0.9, 0.999)
+    eps: PosFloat = 1e-8
+    warmup_iters: NonNegInt = 1500
+    warmup_ratio: UnitFloat = 1e-6
+    power: NonNegFloat = 0.9
+    min_lr: NonNegFloat = 1e-6
+    grad_clip: PosFloat | None = None  # the reference does not clip
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def no_decay_reason(name: str, param: nn.Parameter, module: nn.Module) -> str | None:

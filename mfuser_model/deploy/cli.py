@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from mfuser_model.errors import MFuserError
+from mfuser_model.resources import require_file
+from mfuser_model.threads import add_threads_argument, apply_threads
 
 __all__ = ["build_parser", "main"]
 
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     trt.add_argument("--build-only", action="store_true", help="build (or validate) the engine and exit, no warm-up")
     trt.add_argument("--warmup", type=int, default=10, help="warm-up runs after loading the engine (default 10)")
     p.add_argument("--device", default="cuda", help="CUDA device for TensorRT (default cuda)")
+    add_threads_argument(p)
     return p
 
 
@@ -153,6 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _check_args(parser, args)
     try:
+        if args.checkpoint is not None:
+            require_file(args.checkpoint, "--checkpoint")  # before seconds of torch imports
+        apply_threads(args.threads)  # before torch loads (see mfuser_model.threads)
         return _run(args)
     except MFuserError as err:  # ConfigError and CheckpointError included: the message names the culprit
         print(f"mfuser-export: error: {err}", file=sys.stderr)

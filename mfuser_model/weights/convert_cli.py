@@ -27,16 +27,16 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from mfuser_model.checkpoint import load_state_dict_strict, save_model
-from mfuser_model.config import ModelConfig, load_model_config
 from mfuser_model.errors import ConfigError, MFuserError
-from mfuser_model.network.mfuser import MFuser, build_mfuser, tokenize_class_names
-from mfuser_model.weights.backbones import load_dinov2, load_vlm
-from mfuser_model.weights.io import read_state_dict
-from mfuser_model.weights.mfuser_release import model_from_release
+from mfuser_model.resources import require_file
+from mfuser_model.threads import add_threads_argument, apply_threads
+
+# torch and the network load only past --help (seconds on a busy machine): imported in the functions using them.
+if TYPE_CHECKING:
+    from mfuser_model.config import ModelConfig
+    from mfuser_model.network.mfuser import MFuser
 
 __all__ = ["load_encoders", "main", "model_from_training_checkpoint"]
 
@@ -48,6 +48,10 @@ def load_encoders(model: MFuser, vfm: str | Path | None, vlm: str | Path | None)
 
     SigLIP's logit scale and bias come from its file too; CLIP-style models keep 1/0.07 (the reference).
     """
+    import torch  # noqa: PLC0415
+
+    from mfuser_model.weights.backbones import load_dinov2, load_vlm  # noqa: PLC0415
+
     filled: set[str] = set()
     if vfm is not None:
         load_dinov2(model.backbone.vfm, vfm)
@@ -74,6 +78,10 @@ def model_from_training_checkpoint(path: str | Path, config: ModelConfig, vfm: s
         CheckpointError: unreadable file, unknown keys, shapes that differ, or model entries that neither the
             checkpoint nor the encoder files provide (e.g. frozen encoders without ``--vfm`` / ``--vlm``).
     """
+    from mfuser_model.checkpoint import load_state_dict_strict  # noqa: PLC0415
+    from mfuser_model.network.mfuser import build_mfuser  # noqa: PLC0415
+    from mfuser_model.weights.io import read_state_dict  # noqa: PLC0415
+
     state = read_state_dict(path)  # unwraps the checkpoint's "model" entry; weights_only, no code runs
     model = build_mfuser(config, token_ids=state.get("text_encoder.token_ids"))
     filled = load_encoders(model, vfm, vlm)
@@ -86,6 +94,8 @@ def _untrained(config: ModelConfig, vfm: str | Path | None, vlm: str | Path | No
     if vfm is None or vlm is None:
         msg = "an untrained model needs both encoder files: --vfm (DINOv2) and --vlm (CLIP / EVA02 / SigLIP)"
         raise ConfigError(msg)
+    from mfuser_model.network.mfuser import build_mfuser, tokenize_class_names  # noqa: PLC0415
+
     model = build_mfuser(config, token_ids=tokenize_class_names(config, tokenizer))
     load_encoders(model, vfm, vlm)
     return model
@@ -105,7 +115,18 @@ def _parser() -> argparse.ArgumentParser:
                    "or the VLM if the release lacks it)")
     p.add_argument("--tokenizer", type=Path, help="SigLIP only: folder with spiece.model or tokenizer.json")
     p.add_argument("-o", "--output", type=Path, required=True, help="whole-model .safetensors file to write")
+    add_threads_argument(p)
     return p
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Missing input files fail here, before torch and the network load."""
+    for option in ("release", "train_checkpoint", "vfm", "vlm"):
+        if getattr(args, option) is not None:
+            require_file(getattr(args, option), f"--{option.replace('_', '-')}")
+    if args.tokenizer is not None and not args.tokenizer.exists():
+        msg = f"--tokenizer {args.tokenizer}: no such file or folder"
+        raise ConfigError(msg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:
+        _check_inputs(args)
+        apply_threads(args.threads)  # before torch loads
+        from mfuser_model.checkpoint import save_model  # noqa: PLC0415
+        from mfuser_model.config import load_model_config  # noqa: PLC0415
+        from mfuser_model.weights.mfuser_release import model_from_release  # noqa: PLC0415
+
         config = load_model_config(args.preset)
         if args.release is not None:
             model = model_from_release(args.release, config, tokenizer_dir=args.tokenizer, vlm_file=args.vlm,

@@ -16,9 +16,11 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from mfuser_model.config_io import parse_override
 from mfuser_model.errors import MFuserError
+from mfuser_model.threads import add_threads_argument, apply_threads
 from mfuser_ros.node.config import NodeConfig, load_node_config, node_config_from_params
 from mfuser_ros.node.shutdown import ShutdownSignals, leave_process
 
@@ -27,6 +29,21 @@ __all__ = ["build_parser", "main", "ros_node_main"]
 READY_LINE = "mfuser-node: ready"
 # Exit status when the worker thread died of an unexpected error (2 is a configuration error).
 EXIT_WORKER_FAILED = 1
+EXIT_CONFIG = 2
+
+
+def _import_lifecycle_node() -> Any:
+    """The rclpy node module, or None after one line saying what to source or install (no traceback)."""
+    try:
+        from mfuser_ros.node import lifecycle_node  # noqa: PLC0415 - rclpy only for this transport
+    except ModuleNotFoundError as err:
+        if (err.name or "").startswith("mfuser"):
+            raise  # our own module missing is a broken install: the traceback helps
+        print(f"mfuser-node: {err.name} not found (--transport ros needs ROS 2): source /opt/ros/jazzy/setup.bash "
+              "(or your ROS 2 install's setup.bash), or use --transport dds (no ROS 2 needed)",
+              file=sys.stderr, flush=True)
+        return None
+    return lifecycle_node
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="DDS domain (default: $ROS_DOMAIN_ID or 0)")
     parser.add_argument("--loopback", action="store_true", help="keep DDS traffic on 127.0.0.1 (sets CYCLONEDDS_URI)")
     parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until ^C)")
+    add_threads_argument(parser)  # the same as -p threads=N (both transports); default: the 'threads' parameter
     return parser
 
 
@@ -59,10 +77,14 @@ def _run_dds(args: argparse.Namespace, config: NodeConfig) -> int:
         from mfuser_ros.node.dds import loopback_uri  # noqa: PLC0415 - cyclonedds is optional
 
         os.environ["CYCLONEDDS_URI"] = loopback_uri()
+    config.check_weights()  # no checkpoint: refused unless allow_random_weights, before anything loads
+    apply_threads(config.thread_option)  # before torch loads (see mfuser_model.threads)
     from mfuser_ros.node.dds import DdsSegmentationNode  # noqa: PLC0415 - cyclonedds is optional
-    from mfuser_ros.node.model_loader import load_model  # noqa: PLC0415 - torch import only when running
+    from mfuser_ros.node.model_loader import load_model, startup_summary  # noqa: PLC0415 - torch only when running
 
     loaded = load_model(config)
+    for line in startup_summary(config):
+        print(f"mfuser-node: {line}", file=sys.stderr, flush=True)  # a log, as rclpy's: stdout ends with READY_LINE
     if loaded.random_weights:
         print("mfuser-node: warning: no 'checkpoint' given, the model has random weights (tests and demos only)",
               file=sys.stderr, flush=True)
@@ -113,18 +135,22 @@ def ros_node_main() -> None:
     moment ends the process cleanly (see :mod:`mfuser_ros.node.shutdown`).
     """
     signals = ShutdownSignals().install()
-    from mfuser_ros.node import lifecycle_node  # noqa: PLC0415 - rclpy only for this entry point
-
-    leave_process(lifecycle_node.main(None, signals))  # after the shutdown: skip the interpreter's teardown
+    lifecycle_node = _import_lifecycle_node()
+    # after the shutdown: skip the interpreter's teardown (see leave_process)
+    leave_process(EXIT_CONFIG if lifecycle_node is None else lifecycle_node.main(None, signals))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mfuser-node``; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    if args.threads is not None:
+        args.param.append(f"threads={args.threads}")
     if args.transport == "ros":
         signals = ShutdownSignals().install()
-        from mfuser_ros.node import lifecycle_node as node  # noqa: PLC0415 - rclpy only for this transport
-
+        node = _import_lifecycle_node()
+        if node is None:
+            signals.restore()
+            return EXIT_CONFIG
         ros_args = ["--ros-args", "-r", f"__ns:={args.namespace}", "-r", f"__node:={args.node_name}"]
         if args.config is not None:
             ros_args += ["--params-file", str(args.config)]
@@ -137,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run_dds(args, config)
     except MFuserError as err:
         print(f"mfuser-node: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """The node's configuration: one frozen dataclass, loaded strictly from a ROS 2 parameter file.
 
 Every transport (rclpy, bare DDS, replay) builds the same :class:`NodeConfig`; defaults live here and the shipped
-values in ``config/mfuser_node.yaml``. Validation happens in ``__post_init__`` so an invalid value fails at configure
-with a :class:`ConfigError` naming the parameter.
+values in ``config/mfuser_node.yaml``. Ranges are part of the field types (``mfuser_model.config_io.Range``), other
+checks live in ``__post_init__``, so an invalid value fails at configure with a :class:`ConfigError` naming the
+parameter.
 """
 
 from __future__ import annotations
@@ -11,12 +12,24 @@ import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from mfuser_model.config_io import dataclass_from_dict, load_yaml
+from mfuser_model.config_io import (
+    NonEmpty,
+    NonNegFloat,
+    NonNegInt,
+    PosFloat,
+    PosInt,
+    Range,
+    UnitFloat,
+    check_fields,
+    dataclass_from_dict,
+    load_yaml,
+)
 from mfuser_model.errors import ConfigError
 
 __all__ = [
+    "BUNDLED_MODEL",
     "RUNTIME_PARAMETERS",
     "NodeConfig",
     "QosName",
@@ -37,6 +50,9 @@ QosName = Literal["sensor_data", "reliable", "best_effort", "system_default"]
 _TOPIC_RE = re.compile(r"^(~/|/)?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _COLOR_RE = re.compile(r"^#[0-9A-Fa-f]{6}$")
+
+# The toy model shipped with the package (config/mfuser_node.yaml's checkpoint): checks an install, not accuracy.
+BUNDLED_MODEL = "package://mfuser_ros/models/tiny-eva02-synthetic.safetensors"
 
 # Parameters that take effect at once while the node runs (`ros2 param set`): how outputs look and when
 # diagnostics warn. Every other parameter shapes what configure builds (topics, QoS, the model and its device,
@@ -63,11 +79,15 @@ class NodeConfig:
             frame gets no CameraInfo (counted as ``camera_info_unmatched`` in /diagnostics).
         input_qos / input_qos_depth: reliability profile and history depth of the image subscriptions.
         output_qos / output_qos_depth: the same for the label, colour, overlay and confidence publishers.
-        preset / checkpoint: model preset name and weight file (empty: random weights, for tests only).
+        preset / checkpoint: model preset name and weight file (a path or ``package://`` URI). Empty checkpoint:
+            random weights, which the node refuses unless ``allow_random_weights`` is set.
+        allow_random_weights: let the node run without a checkpoint (random weights: tests and demos only).
         device: ``cpu`` or ``cuda[:N]``. precision: ``fp32``, ``fp16`` or ``bf16``.
         decoder_backend: ``torch``, ``onnxruntime`` or ``tensorrt`` (passed to the model factory).
         decoder_onnx: a fixed decoder export for onnxruntime/tensorrt (one input size); empty: export per input
             size into ``decoder_cache_dir`` (empty: the model library's default cache folder).
+        threads: CPU threads of torch, OpenCV and onnxruntime (:mod:`mfuser_model.threads`): N, 0 for every
+            CPU (a dedicated machine), -1 for ``$OMP_NUM_THREADS`` or 1 (the default: safe beside other nodes).
         inference_mode / crop_size / stride: whole-image or sliding-window inference.
         network_image_width / network_image_height: the box every camera image is resized into (keeping its
             aspect ratio; the box turns with the image's orientation) before the model sees it, so the work per
@@ -99,51 +119,53 @@ class NodeConfig:
             process leaves without it (a second SIGINT/SIGTERM leaves at once).
     """
 
-    image_topics: tuple[str, ...] = ("camera/image_raw",)
+    image_topics: Annotated[tuple[str, ...], NonEmpty] = ("camera/image_raw",)
     camera_names: tuple[str, ...] = ()
     camera_info_topics: tuple[str, ...] = ()
-    camera_info_timeout_s: float = 1.0
+    camera_info_timeout_s: PosFloat = 1.0
     input_qos: QosName = "sensor_data"
-    input_qos_depth: int = 1
+    input_qos_depth: PosInt = 1
     output_qos: QosName = "reliable"
-    output_qos_depth: int = 1
+    output_qos_depth: PosInt = 1
     preset: str = "tiny-eva02"
     checkpoint: str = ""
+    allow_random_weights: bool = False
     device: str = "cpu"
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     decoder_backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
     decoder_onnx: str = ""
     decoder_cache_dir: str = ""
+    threads: Annotated[int, Range(ge=-1)] = -1  # -1: $OMP_NUM_THREADS or 1; 0: every CPU
     inference_mode: Literal["whole", "slide"] = "whole"
-    crop_size: int = 512
-    stride: int = 341
-    network_image_width: int = 2048
-    network_image_height: int = 1024
+    crop_size: PosInt = 512
+    stride: PosInt = 341
+    network_image_width: PosInt = 2048
+    network_image_height: PosInt = 1024
     network_image_upscale: bool = False
-    output_width: int = 0
-    output_height: int = 0
-    overlay_alpha: float = 0.5
+    output_width: NonNegInt = 0
+    output_height: NonNegInt = 0
+    overlay_alpha: UnitFloat = 0.5
     color_palette: tuple[str, ...] = ()
-    png_level: int = 3
-    jpeg_quality: int = 90
-    max_width: int = 4096
-    max_height: int = 4096
-    max_batch: int = 4
+    png_level: Annotated[int, Range(ge=0, le=9)] = 3
+    jpeg_quality: Annotated[int, Range(ge=1, le=100)] = 90
+    max_width: PosInt = 4096
+    max_height: PosInt = 4096
+    max_batch: PosInt = 4
     load_model_on: Literal["configure", "activate"] = "activate"
     warmup: bool = True
     autostart: bool = True
-    diagnostics_period_s: float = 1.0
-    stats_window_s: float = 5.0
-    latency_warn_ms: float = 500.0
-    latency_error_ms: float = 2000.0
-    clock_skew_limit_s: float = 60.0
-    min_output_fps_warn: float = 0.0
-    log_throttle_s: float = 5.0
-    shutdown_timeout_s: float = 5.0
+    diagnostics_period_s: PosFloat = 1.0
+    stats_window_s: PosFloat = 5.0
+    latency_warn_ms: PosFloat = 500.0
+    latency_error_ms: PosFloat = 2000.0
+    clock_skew_limit_s: PosFloat = 60.0
+    min_output_fps_warn: NonNegFloat = 0.0
+    log_throttle_s: PosFloat = 5.0
+    shutdown_timeout_s: PosFloat = 5.0
 
     def __post_init__(self) -> None:
         """Check values that types alone cannot; each error names the parameter."""
-        _check(len(self.image_topics) > 0, "image_topics", self.image_topics, "must list at least one topic")
+        check_fields(self)  # the ranges in the field types
         for topic in self.image_topics:
             _check(bool(_TOPIC_RE.match(topic)), "image_topics", topic, "is not a valid ROS 2 topic name")
         if self.camera_names:
@@ -156,34 +178,26 @@ class NodeConfig:
                    self.camera_info_topics, f"must have one topic per image topic ({len(self.image_topics)})")
             for topic in self.camera_info_topics:
                 _check(bool(_TOPIC_RE.match(topic)), "camera_info_topics", topic, "is not a valid ROS 2 topic name")
-        _check(self.camera_info_timeout_s > 0, "camera_info_timeout_s", self.camera_info_timeout_s, "must be > 0")
         namespaces = self.camera_namespaces()
         _check(len(set(namespaces)) == len(namespaces), "camera_names", namespaces,
                "two cameras would publish on the same output topics; set distinct camera_names")
-        for name in ("input_qos_depth", "output_qos_depth", "crop_size", "stride", "max_width", "max_height",
-                     "max_batch", "network_image_width", "network_image_height"):
-            _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
         _check(self.stride <= self.crop_size, "stride", self.stride, f"must be <= crop_size ({self.crop_size})")
         _check(bool(self.preset or self.checkpoint), "preset", self.preset,
                "must name a preset when no checkpoint is given")
         _check(bool(_DEVICE_RE.match(self.device)), "device", self.device, "must be 'cpu' or 'cuda[:N]'")
-        _check(self.output_width >= 0 and self.output_height >= 0, "output_width/output_height",
-               (self.output_width, self.output_height), "must be >= 0")
         _check((self.output_width == 0) == (self.output_height == 0), "output_width/output_height",
                (self.output_width, self.output_height), "set both (fixed output size) or neither (input size)")
-        _check(0.0 <= self.overlay_alpha <= 1.0, "overlay_alpha", self.overlay_alpha, "must be in [0, 1]")
         for color in self.color_palette:
             _check(bool(_COLOR_RE.match(color)), "color_palette", color, "is not a colour '#RRGGBB'")
         _check(len(self.color_palette) <= 255, "color_palette", len(self.color_palette),
                "colours: at most 255 classes fit a mono8 label image")
-        _check(0 <= self.png_level <= 9, "png_level", self.png_level, "must be in [0, 9]")
-        _check(1 <= self.jpeg_quality <= 100, "jpeg_quality", self.jpeg_quality, "must be in [1, 100]")
-        for name in ("diagnostics_period_s", "stats_window_s", "latency_warn_ms", "log_throttle_s",
-                     "shutdown_timeout_s", "clock_skew_limit_s"):
-            _check(getattr(self, name) > 0, name, getattr(self, name), "must be > 0")
         _check(self.latency_error_ms >= self.latency_warn_ms, "latency_error_ms", self.latency_error_ms,
                f"must be >= latency_warn_ms ({self.latency_warn_ms})")
-        _check(self.min_output_fps_warn >= 0, "min_output_fps_warn", self.min_output_fps_warn, "must be >= 0")
+
+    @property
+    def thread_option(self) -> int | None:
+        """``threads`` as :func:`mfuser_model.threads.apply_threads` takes it (-1 -> None: the policy's default)."""
+        return None if self.threads < 0 else self.threads
 
     @property
     def network_input_box(self) -> tuple[int, int]:
@@ -200,6 +214,18 @@ class NodeConfig:
         if self.camera_info_topics:
             return list(self.camera_info_topics)
         return [camera_info_topic(t) for t in self.image_topics]
+
+    def check_weights(self) -> None:
+        """The node's guard against running untrained: no checkpoint means random weights, refused unless asked for.
+
+        Raises:
+            ConfigError: ``checkpoint`` is empty and ``allow_random_weights`` is false; names both overrides.
+        """
+        if not self.checkpoint and not self.allow_random_weights:
+            msg = ("parameter 'checkpoint' is empty: the model would have random weights and segment nothing. Set "
+                   f"checkpoint to a model file (the bundled toy model: checkpoint:={BUNDLED_MODEL}), or set "
+                   "allow_random_weights:=true for tests and demos")
+            raise ConfigError(msg)
 
     def camera_namespaces(self) -> list[str]:
         """Output namespace of each camera, in ``image_topics`` order."""

@@ -55,6 +55,7 @@ from vision_msgs.msg import LabelInfo, VisionClass
 
 from mfuser_model.classes import palette_to_hex
 from mfuser_model.errors import CheckpointError, ConfigError
+from mfuser_model.threads import apply_threads
 from mfuser_ros.node.camera_info import CameraInfoData
 from mfuser_ros.node.config import (
     RUNTIME_PARAMETERS,
@@ -66,7 +67,7 @@ from mfuser_ros.node.config import (
     with_runtime_changes,
 )
 from mfuser_ros.node.conversions import CompressedOutput, OutputImage
-from mfuser_ros.node.model_loader import LoadedModel, load_model, model_legend, release_model
+from mfuser_ros.node.model_loader import LoadedModel, load_model, model_legend, release_model, startup_summary
 from mfuser_ros.node.pipeline import CameraOutputs, FrameWorker, Wanted
 from mfuser_ros.node.shutdown import ShutdownSignals
 from mfuser_ros.node.stats import DiagnosticThresholds
@@ -211,12 +212,14 @@ class MFuserNode(LifecycleNode):
         if self.model is not None:
             return True
         try:
+            self.config.check_weights()  # no checkpoint: refused unless allow_random_weights
+            apply_threads(self.config.thread_option)
             self.model = load_model(self.config)
         except (ConfigError, CheckpointError, OSError) as err:
             self.get_logger().error(f"cannot load the model: {err}")
             return False
-        self.get_logger().info(f"model '{self.config.preset}' loaded on {self.config.device} "
-                               f"({self.config.precision}, {self.config.decoder_backend})")
+        for line in startup_summary(self.config):
+            self.get_logger().info(line)
         if self.model.random_weights:
             self.get_logger().warning("no 'checkpoint' given: the model has random weights (tests and demos only)")
         return True

@@ -13,10 +13,12 @@ from mfuser_model.checkpoint import build_model, read_model_config
 from mfuser_model.classes import palette_from_hex
 from mfuser_model.config import load_model_config
 from mfuser_model.errors import ConfigError
-from mfuser_ros.node.config import NodeConfig
+from mfuser_model.resources import resolve_path
+from mfuser_model.threads import applied_threads
+from mfuser_ros.node.config import NodeConfig, output_topic
 from mfuser_ros.node.pipeline import SegmentationPipeline
 
-__all__ = ["Legend", "LoadedModel", "load_model", "model_legend", "release_model"]
+__all__ = ["Legend", "LoadedModel", "load_model", "model_legend", "release_model", "startup_summary"]
 
 
 @dataclass
@@ -102,6 +104,25 @@ def load_model(config: NodeConfig) -> LoadedModel:
     pipeline = SegmentationPipeline.from_config(config, segmenter, palette=legend.palette)
     return LoadedModel(pipeline, legend.class_names, legend.palette, config.device,
                        random_weights=not config.checkpoint)
+
+
+def startup_summary(config: NodeConfig) -> list[str]:
+    """What the node runs, for its start-up log (both transports): topics, model file, preset, device, precision,
+    decoder backend, input size and CPU threads, so a log shows at once a node on random weights or the wrong file."""
+    model = (f"{resolve_path(config.checkpoint)}" if config.checkpoint
+             else "none: RANDOM WEIGHTS (allow_random_weights; tests and demos only)")
+    outputs = ", ".join(output_topic(ns, "{labels,color,...}") for ns in config.camera_namespaces())
+    box = f"{config.network_image_width}x{config.network_image_height}"
+    size = f"images fit into {box}{' (smaller ones enlarged)' if config.network_image_upscale else ''}, "
+    size += (f"slide windows {config.crop_size} stride {config.stride}" if config.inference_mode == "slide"
+             else "whole image")
+    threads = applied_threads()
+    return [f"topics: in {', '.join(config.image_topics)} (camera info {', '.join(config.camera_info_topic_names())}); "
+            f"out {outputs}",
+            f"model: {model}; preset {config.preset or '(from the checkpoint)'}; device {config.device}; precision "
+            f"{config.precision}; decoder backend {config.decoder_backend}",
+            f"input: {size}; output {'x'.join(map(str, config.output_size[::-1])) if config.output_size else 'input'} "
+            f"size; {threads.describe() if threads else 'threads: torch default'}"]
 
 
 def release_model(loaded: LoadedModel | None) -> None:

@@ -1,4 +1,8 @@
-"""``mfuser-replay``: the command line over :func:`mfuser_ros.replay.runner.run_replay`."""
+"""``mfuser-replay``: the command line over :func:`mfuser_ros.replay.runner.run_replay`.
+
+The runner (torch, OpenCV, rosbags: seconds to import on a busy machine) is imported only after the arguments and
+the input paths passed their checks, so ``--help`` and a mistyped path answer at once.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +10,25 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import cv2
+from typing import TYPE_CHECKING, Any
 
 from mfuser_model.errors import MFuserError
+from mfuser_model.report import percent
+from mfuser_model.threads import add_threads_argument
 from mfuser_ros.node.config import load_node_config, node_config_from_params
 from mfuser_ros.node.shutdown import ShutdownSignals, leave_process
-from mfuser_ros.replay import runner
-from mfuser_ros.replay.runner import (
+from mfuser_ros.replay.options import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     GT_SUFFIX,
     OPTIONAL_OUTPUTS,
     ReplayError,
     ReplayOptions,
-    ReplayResult,
-    run_replay,
+    check_inputs,
 )
+
+if TYPE_CHECKING:
+    from mfuser_ros.replay.runner import ReplayResult
 
 __all__ = ["add_replay_arguments", "build_parser", "main", "options_from_args"]
 
@@ -41,11 +46,13 @@ def _parse_gt_topics(values: Sequence[str]) -> dict[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``mfuser-replay`` command line."""
-    p = argparse.ArgumentParser(prog="mfuser-replay", description=runner.__doc__.split("\n\n")[0],
+    description = "Replay a recorded drive through the node's own frame pipeline, write an output bag, evaluate."
+    p = argparse.ArgumentParser(prog="mfuser-replay", description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bag", type=Path, help="rosbag2 directory, .mcap, .db3 or ROS 1 .bag")
     p.add_argument("--out", type=Path, required=True, help="report folder: output bag, metrics.json, report.md")
     add_replay_arguments(p)
+    add_threads_argument(p)  # overrides the node config's 'threads' parameter (fleet workers follow their CPUs)
     return p
 
 
@@ -63,6 +70,9 @@ def add_replay_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gt-key", choices=("stamp", "index"), default="stamp", help="how --gt-dir files are named")
     p.add_argument("--gt-format", choices=("labelids", "trainids"), default="trainids",
                    help="ground truth holds Cityscapes labelIds or train ids (default)")
+    p.add_argument("--miou-rule", choices=("mmseg", "bdd100k"), default="mmseg",
+                   help="classes the mIoU averages over: mmseg (default, the paper's: present in ground truth or "
+                        "prediction) or bdd100k (present in the ground truth, as BDD100K's toolkit)")
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="output bag storage")
     p.add_argument("--realtime", action="store_true", help="play at the recorded rate and drop frames as the node")
     p.add_argument("--rate", type=float, default=1.0, help="playback speed factor for --realtime")
@@ -70,7 +80,8 @@ def add_replay_arguments(p: argparse.ArgumentParser) -> None:
                    help="outputs besides labels and camera_info (default: color)")
     p.add_argument("--montage-rows", type=int, default=8, help="sampled frames in montage.png (0: none)")
     p.add_argument("--max-frames", type=int, default=0, help="stop after this many camera frames (0: all)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress (default: a bar on a terminal, else a log line on stderr every 10 s)")
 
 
 def options_from_args(args: argparse.Namespace) -> ReplayOptions:
@@ -79,24 +90,24 @@ def options_from_args(args: argparse.Namespace) -> ReplayOptions:
     if args.checkpoint:
         overrides["checkpoint"] = args.checkpoint
         overrides["preset"] = args.preset or ""
-    elif args.preset:
-        overrides["preset"] = args.preset
+    elif args.preset:  # alone: an untrained model, asked for explicitly (not the parameter file's checkpoint)
+        overrides.update(preset=args.preset, checkpoint="", allow_random_weights=True)
     if args.device:
         overrides["device"] = args.device
     if args.max_batch:
         overrides["max_batch"] = args.max_batch
+    if getattr(args, "threads", None) is not None:
+        overrides["threads"] = args.threads
     node = load_node_config(args.config, overrides) if args.config else node_config_from_params(overrides)
     if not node.checkpoint and not args.preset:
         msg = "give --checkpoint MODEL.safetensors (or --preset NAME for an untrained model, smoke tests only)"
         raise ReplayError(msg)
-    if args.rate <= 0:
-        msg = f"--rate must be > 0, got {args.rate}"
-        raise ReplayError(msg)
     return ReplayOptions(bag=args.bag, out=args.out, node=node, topics=tuple(args.topics),
                          gt_topics=_parse_gt_topics(args.gt_topic), gt_dir=args.gt_dir, gt_key=args.gt_key,
-                         gt_format=args.gt_format, storage=args.storage, realtime=args.realtime, rate=args.rate,
+                         gt_format=args.gt_format, miou_rule=args.miou_rule, storage=args.storage,
+                         realtime=args.realtime, rate=args.rate,
                          outputs=tuple(args.outputs), montage_rows=args.montage_rows, max_frames=args.max_frames,
-                         progress=not args.no_progress and sys.stderr.isatty())
+                         progress=not args.no_progress)
 
 
 def _print_result(result: ReplayResult) -> None:
@@ -107,13 +118,13 @@ def _print_result(result: ReplayResult) -> None:
           f"{s['frames']['failed']} failed, {s['frames']['evaluated']} evaluated")
     for name, cam in s["cameras"].items():
         m = cam["metrics"]
-        miou = f"{100 * m['mIoU']:.2f}" if m and m["mIoU"] is not None else "n/a"
-        print(f"  {name or '/'}: {cam['frames_out']} frames, mIoU {miou}")
+        print(f"  {name or '/'}: {cam['frames_out']} frames, mIoU {percent(m['mIoU'] if m else None)}")
     if s["frames"]["gt_failed"] or s["frames"]["undecodable"]:
         print(f"skipped: {s['frames']['undecodable']} camera and {s['frames']['gt_failed']} ground-truth messages "
               "that could not be used (first error of each topic: metrics.json unusable_messages)", file=sys.stderr)
     if overall and overall["mIoU"] is not None:
-        print(f"overall mIoU {100 * overall['mIoU']:.2f}, pixel accuracy {100 * overall['aAcc']:.2f}")
+        print(f"overall mIoU {percent(overall['mIoU'])} ({overall['miou_rule']} rule), mean class accuracy "
+              f"{percent(overall['mAcc'])}, pixel accuracy {percent(overall['aAcc'])}")
     if lat["p50"] is not None:
         print(f"latency ms p50 {lat['p50']:.1f} p95 {lat['p95']:.1f} p99 {lat['p99']:.1f}; "
               f"throughput {s['throughput_fps']:.2f} frames/s")
@@ -134,8 +145,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     signals = ShutdownSignals(exit_code=EXIT_INTERRUPTED).install()
     try:
         args = build_parser().parse_args(argv)
-        cv2.setNumThreads(1)  # the model gets the cores; per-frame OpenCV work is small
-        result = run_replay(options_from_args(args), signals=signals)
+        options = options_from_args(args)
+        check_inputs(options)  # before torch and rosbags load: a mistyped path fails at once
+        from mfuser_model.threads import apply_threads  # noqa: PLC0415
+        from mfuser_ros.replay.runner import run_replay  # noqa: PLC0415 - torch, OpenCV, rosbags
+
+        apply_threads(options.node.thread_option)  # before torch loads (see mfuser_model.threads)
+        result = run_replay(options, signals=signals)
     except MFuserError as err:
         print(f"mfuser-replay: error: {err}", file=sys.stderr)
         return EXIT_ERROR

@@ -17,6 +17,12 @@ How it runs on Ray:
   that bag is lost, and the merged report lists it with the reason;
 - bags with a complete result in ``--out`` (``bags/<id>/fleet_result.json``, made with the same settings) are
   skipped, so a job that was stopped or crashed is resumed by running the same command again.
+
+``--in-process`` runs the same job without Ray: one worker object in this process (one model load), the bags one
+after another, the same bounded retries, per-bag results, resume and merged report. Ray stays the default because
+only a separate worker process isolates a crash (segfault, OOM kill) to its bag and lets a hung bag be stopped; in
+process, a crash stops the job (running it again resumes) and ``--bag-timeout-s`` is refused. It is for a laptop
+or CI without Ray, and saves Ray's start-up (seconds) on a one-worker job.
 """
 
 from __future__ import annotations
@@ -33,7 +39,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mfuser_model.config_io import NonNegFloat, NonNegInt, PosFloat, PosInt, check_fields
 from mfuser_model.errors import MFuserError
+from mfuser_model.metrics import MiouRule
+from mfuser_model.report import model_file_record, percent
 from mfuser_ros.replay.fleet_jobs import (
     BagJob,
     FleetError,
@@ -44,7 +53,7 @@ from mfuser_ros.replay.fleet_jobs import (
     settings_fingerprint,
 )
 from mfuser_ros.replay.fleet_report import BagRecord, failed_record, merge_records, write_fleet_report
-from mfuser_ros.replay.runner import EXIT_BAG_DAMAGED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, ReplayOptions
+from mfuser_ros.replay.options import EXIT_BAG_DAMAGED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, ReplayOptions
 
 __all__ = ["FleetOptions", "FleetResult", "connect_ray", "main", "run_fleet", "start_local_ray"]
 
@@ -68,20 +77,26 @@ class FleetOptions:
         redo: replay every bag again, even those with a complete result in ``out``.
         worst: bags and frames listed as the worst in the report.
         object_store_mb: object store of a local Ray instance (results are small; this caps its shared memory).
+        in_process: no Ray: the bags one after another in this process, one model load, the same retries and
+            results; no crash isolation and no ``bag_timeout_s`` (nothing can stop a hung bag from inside).
     """
 
     bags: tuple[Path, ...]
     out: Path
     replay: ReplayOptions
-    workers: int = 0
+    workers: NonNegInt = 0
     ray_address: str | None = None
-    cpus_per_bag: float = 1.0
-    gpus_per_bag: float = 0.0
-    retries: int = 2
-    bag_timeout_s: float = 0.0
+    cpus_per_bag: PosFloat = 1.0
+    gpus_per_bag: NonNegFloat = 0.0
+    retries: NonNegInt = 2
+    bag_timeout_s: NonNegFloat = 0.0
     redo: bool = False
-    worst: int = 10
-    object_store_mb: int = 256
+    worst: NonNegInt = 10
+    object_store_mb: PosInt = 256
+    in_process: bool = False
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass
@@ -102,7 +117,8 @@ def _import_ray() -> Any:
     try:
         import ray  # noqa: PLC0415
     except ImportError as err:
-        msg = "mfuser-replay-fleet needs Ray: pip install -e '.[fleet]' (the pinned version)"
+        msg = ("mfuser-replay-fleet needs Ray: pip install -e '.[fleet]' (the pinned version), or run the bags in "
+               "this process with --in-process")
         raise FleetError(msg) from err
     return ray
 
@@ -168,7 +184,7 @@ def _worker_count(ray: Any, options: FleetOptions, jobs: int) -> int:
 
 
 class BagWorker:
-    """A Ray actor: loads the model once, then replays the bags it is handed, one per call."""
+    """A Ray actor (or, ``--in-process``, a plain object): loads the model once, then replays one bag per call."""
 
     def __init__(self, base: ReplayOptions, fingerprint: str, out_root: Path, worst: int, threads: int,
                  on_frame: OnFrame | None = None) -> None:
@@ -262,6 +278,58 @@ def _dispatch(ray: Any, jobs: Sequence[BagJob], spawn: Callable[[], Any], n_work
             ray.kill(worker, no_restart=True)
 
 
+def _run_on_ray(options: FleetOptions, todo: Sequence[BagJob], base: ReplayOptions, fingerprint: str, own_ray: bool,
+                address: str | None, where: str, on_frame: OnFrame | None, done: Callable[[BagRecord], None],
+                say: Callable[[str], None]) -> tuple[float, int]:
+    """Replay ``todo`` on Ray workers (starting or joining Ray when this process has no session); returns
+    (seconds spent starting Ray, workers)."""
+    ray_s = 0.0
+    if own_ray:
+        t0 = time.perf_counter()
+        if address:
+            connect_ray(address)
+        else:
+            wanted = options.workers or max(1, int((os.cpu_count() or 1) // max(options.cpus_per_bag, 1e-9)))
+            start_local_ray(min(wanted, len(todo)) * options.cpus_per_bag,
+                            None if options.gpus_per_bag > 0 else 0, options.object_store_mb)
+        ray_s = time.perf_counter() - t0
+    ray = _import_ray()
+    try:
+        n_workers = _worker_count(ray, options, len(todo))
+        threads = max(1, int(options.cpus_per_bag))  # as in --in-process
+        actor = ray.remote(BagWorker).options(num_cpus=options.cpus_per_bag, num_gpus=options.gpus_per_bag,
+                                              max_restarts=0, max_concurrency=1)
+
+        def spawn() -> Any:
+            return actor.remote(base, fingerprint, options.out, options.worst, threads, on_frame)
+
+        say(f"mfuser-replay-fleet: {n_workers} workers on {where}; {options.cpus_per_bag:g} CPU, "
+            f"{options.gpus_per_bag:g} GPU per bag")
+        _dispatch(ray, todo, spawn, n_workers, options.retries, options.bag_timeout_s, done, say)
+    finally:
+        if own_ray:
+            ray.shutdown()
+    return ray_s, n_workers
+
+
+def _run_here(worker: BagWorker, jobs: Sequence[BagJob], retries: int, done: Callable[[BagRecord], None],
+              log: Callable[[str], None]) -> None:
+    """``--in-process``: every bag in turn on one model in this process, with the same bounded retries.
+
+    No isolation: a crash of this process (segfault, OOM kill) stops the job, and running it again resumes it.
+    """
+    for job in jobs:
+        attempt = 1
+        while True:
+            data, retryable = worker.run(job, attempt)
+            record = BagRecord.from_dict(data, f"result of {job.bag}")
+            if record.status != "failed" or not retryable or attempt > retries:
+                break
+            log(f"{job.bag_id}: attempt {attempt} failed ({record.reason}); retrying")
+            attempt += 1
+        done(record)
+
+
 # -- the job --------------------------------------------------------------------------------------------------------
 def run_fleet(options: FleetOptions, *, on_frame: OnFrame | None = None,
               log: Callable[[str], None] | None = None) -> FleetResult:
@@ -275,7 +343,8 @@ def run_fleet(options: FleetOptions, *, on_frame: OnFrame | None = None,
         log: progress lines (default: printed to stderr).
 
     Raises:
-        FleetError: no bags, a missing bag, an earlier result made with other settings, Ray missing.
+        FleetError: no bags, a missing bag, an earlier result made with other settings, Ray missing (and no
+            ``in_process``), ``in_process`` with Ray-only options.
         ConfigError / CheckpointError: the checkpoint cannot be read.
     """
     lines: list[str] = []
@@ -284,6 +353,10 @@ def run_fleet(options: FleetOptions, *, on_frame: OnFrame | None = None,
         lines.append(text)
         (log or (lambda t: print(t, file=sys.stderr, flush=True)))(text)
 
+    if options.in_process and (options.ray_address or options.workers > 1 or options.bag_timeout_s > 0):
+        msg = ("--in-process replays one bag at a time in this process: it takes no --ray-address, no --workers "
+               "above 1 and no --bag-timeout-s (use Ray for those)")
+        raise FleetError(msg)
     t_start = time.perf_counter()
     jobs = plan_jobs(options.bags, options.out)
     if len({j.bag_id for j in jobs}) != len(jobs):
@@ -295,54 +368,40 @@ def run_fleet(options: FleetOptions, *, on_frame: OnFrame | None = None,
     say(f"mfuser-replay-fleet: {len(jobs)} bags, {len(previous)} already complete, {len(todo)} to replay")
     records: dict[str, BagRecord] = dict(previous)
     # Imported only once the mode is known: a local instance must set its loopback switch before the import.
-    own_ray = "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+    own_ray = sys.modules.get("ray") is None or not sys.modules["ray"].is_initialized()
     address = options.ray_address or os.environ.get("RAY_ADDRESS") or None
-    where = ("the Ray session of this process" if not own_ray else
+    where = ("this process, without Ray" if options.in_process else
+             "the Ray session of this process" if not own_ray else
              f"the Ray cluster at {address}" if address else "a local Ray instance (127.0.0.1)")
     ray_s, interrupted, n_workers = 0.0, None, 0
-    if todo:
-        if own_ray:
-            t0 = time.perf_counter()
-            if address:
-                connect_ray(address)
-            else:
-                wanted = options.workers or max(1, int((os.cpu_count() or 1) // max(options.cpus_per_bag, 1e-9)))
-                start_local_ray(min(wanted, len(todo)) * options.cpus_per_bag,
-                                None if options.gpus_per_bag > 0 else 0, options.object_store_mb)
-            ray_s = time.perf_counter() - t0
-        ray = _import_ray()
-        try:
-            n_workers = _worker_count(ray, options, len(todo))
-            threads = max(1, int(options.cpus_per_bag))
-            actor = ray.remote(BagWorker).options(num_cpus=options.cpus_per_bag, num_gpus=options.gpus_per_bag,
-                                                  max_restarts=0, max_concurrency=1)
-            base = replace(options.replay, progress=False)
+    finished = [0]
 
-            def spawn() -> Any:
-                return actor.remote(base, fingerprint, options.out, options.worst, threads, on_frame)
+    def done(record: BagRecord) -> None:
+        records[record.bag_id] = record
+        finished[0] += 1
+        say(f"[{finished[0]}/{len(todo)}] {_describe(record, options.replay.miou_rule)}")
 
-            finished = [0]
-
-            def done(record: BagRecord) -> None:
-                records[record.bag_id] = record
-                finished[0] += 1
-                say(f"[{finished[0]}/{len(todo)}] {_describe(record)}")
-
-            say(f"mfuser-replay-fleet: {n_workers} workers on {where}; {options.cpus_per_bag:g} CPU, "
-                f"{options.gpus_per_bag:g} GPU per bag")
-            try:
-                _dispatch(ray, todo, spawn, n_workers, options.retries, options.bag_timeout_s, done, say)
-            except KeyboardInterrupt:
-                left = len(todo) - finished[0]
-                interrupted = (f"interrupted (Ctrl-C) with {left} bags not finished; run the same command again "
-                               "to resume")
-        finally:
-            if own_ray:
-                ray.shutdown()
+    base = replace(options.replay, progress=False)
+    try:
+        if todo and options.in_process:
+            n_workers = 1
+            say(f"mfuser-replay-fleet: replaying the bags one after another in {where}")
+            worker = BagWorker(base, fingerprint, options.out, options.worst, max(1, int(options.cpus_per_bag)),
+                               on_frame)
+            _run_here(worker, todo, options.retries, done, say)
+        elif todo:
+            ray_s, n_workers = _run_on_ray(options, todo, base, fingerprint, own_ray, address, where, on_frame,
+                                           done, say)
+    except KeyboardInterrupt:
+        left = len(todo) - finished[0]
+        interrupted = f"interrupted (Ctrl-C) with {left} bags not finished; run the same command again to resume"
     wall_s = time.perf_counter() - t_start
     ordered = [records[j.bag_id] for j in jobs if j.bag_id in records]
     ran = [r for r in ordered if not r.resumed]
-    job = {"model": options.replay.node.checkpoint or f"preset {options.replay.node.preset} (random weights)",
+    node = options.replay.node
+    job = {"model": node.checkpoint or f"preset {node.preset} (random weights)",
+           "model_tensors_sha256": model_file_record(node.checkpoint)["tensors_sha256"],
+           "decoder_backend": node.decoder_backend, "miou_rule": options.replay.miou_rule,
            "fingerprint": fingerprint, "settings": settings,
            "cluster": where,
            "workers": n_workers, "cpus_per_bag": options.cpus_per_bag, "gpus_per_bag": options.gpus_per_bag,
@@ -350,7 +409,7 @@ def run_fleet(options: FleetOptions, *, on_frame: OnFrame | None = None,
            "bags_run": len(ran), "bags_per_minute": 60 * len(ran) / wall_s if ran and wall_s > 0 else 0.0,
            "sum_model_s": sum(r.model_s for r in ran), "sum_bag_wall_s": sum(r.wall_s for r in ran),
            "interrupted": interrupted}
-    merged = merge_records(ordered, worst=options.worst)
+    merged = merge_records(ordered, worst=options.worst, rule=options.replay.miou_rule)
     json_path, md_path = write_fleet_report(options.out, merged, job)
     say(f"merged report: {md_path}")
     if interrupted:
@@ -362,14 +421,13 @@ def run_fleet(options: FleetOptions, *, on_frame: OnFrame | None = None,
     return FleetResult(ordered, merged, job, json_path, md_path, code, lines)
 
 
-def _describe(record: BagRecord) -> str:
+def _describe(record: BagRecord, rule: MiouRule) -> str:
     if record.status == "failed":
         return f"{record.bag_id}: FAILED after {record.attempts} attempt(s): {record.reason}"
     cm = record.matrix()
-    miou = cm.miou() if cm is not None else math.nan
+    miou = cm.miou(rule) if cm is not None else math.nan
     frames = sum(c.frames for c in record.cameras.values())
-    return (f"{record.bag_id}: {record.status}, {frames} frames, mIoU "
-            f"{'n/a' if math.isnan(miou) else f'{100 * miou:.2f}'}, {record.wall_s:.1f} s "
+    return (f"{record.bag_id}: {record.status}, {frames} frames, mIoU {percent(miou)}, {record.wall_s:.1f} s "
             f"(worker pid {record.worker.get('pid')})" + (f": {record.reason}" if record.reason else ""))
 
 
@@ -395,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="GPUs each worker declares (default: 1 with --device cuda, else 0)")
     ray_group.add_argument("--retries", type=int, default=2, help="retries of a bag whose worker crashed")
     ray_group.add_argument("--bag-timeout-s", type=float, default=0.0, help="stop a bag after this long (0: never)")
+    ray_group.add_argument("--in-process", action="store_true",
+                           help="no Ray: replay the bags one after another in this process (one model load, same "
+                                "retries and report; a crash stops the job, rerunning resumes it)")
     ray_group.add_argument("--redo", action="store_true", help="replay bags that already have a complete result")
     ray_group.add_argument("--worst", type=int, default=10, help="worst bags and frames listed in the report")
     add_replay_arguments(p)
@@ -407,9 +468,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        if args.retries < 0 or args.workers < 0 or args.cpus_per_bag <= 0 or args.worst < 0:
-            msg = "--retries, --workers and --worst must be >= 0 and --cpus-per-bag > 0"
-            raise FleetError(msg)
         bags = expand_bags(args.bags, args.bag_list)
         replay = options_from_args(argparse.Namespace(**{**vars(args), "bag": bags[0], "no_progress": True}))
         gpus = args.gpus_per_bag if args.gpus_per_bag is not None else (
@@ -417,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_fleet(FleetOptions(bags=tuple(bags), out=args.out, replay=replay, workers=args.workers,
                                         ray_address=args.ray_address, cpus_per_bag=args.cpus_per_bag,
                                         gpus_per_bag=gpus, retries=args.retries, bag_timeout_s=args.bag_timeout_s,
-                                        redo=args.redo, worst=args.worst))
+                                        redo=args.redo, worst=args.worst, in_process=args.in_process))
     except MFuserError as err:
         print(f"mfuser-replay-fleet: error: {err}", file=sys.stderr)
         return EXIT_ERROR
@@ -427,8 +485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"({m['bags_resumed']} from an earlier run); frames {m['overall']['frames']}, evaluated "
           f"{m['overall']['evaluated']}")
     if metrics and metrics["mIoU"] is not None:
-        print(f"overall mIoU {100 * metrics['mIoU']:.2f} (summed confusion matrix), "
-              f"pixel accuracy {100 * metrics['aAcc']:.2f}")
+        print(f"overall mIoU {percent(metrics['mIoU'])} (summed confusion matrix, {metrics['miou_rule']} rule), "
+              f"pixel accuracy {percent(metrics['aAcc'])}")
     print(f"{result.job['bags_per_minute']:.2f} bags/min over {result.job['wall_s']:.1f} s; report: {result.report_md}")
     for f in m["failed"]:
         print(f"FAILED {f['bag']}: {f['reason']}", file=sys.stderr)

@@ -18,10 +18,9 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mfuser_model.errors import MFuserError
-from mfuser_ros.node.model_loader import LoadedModel
 from mfuser_ros.replay.fleet_report import (
     BAG_RESULT_FILE,
     BagRecord,
@@ -30,7 +29,10 @@ from mfuser_ros.replay.fleet_report import (
     read_bag_record,
     write_bag_record,
 )
-from mfuser_ros.replay.runner import ReplayOptions, run_replay
+from mfuser_ros.replay.options import ReplayOptions
+
+if TYPE_CHECKING:  # the runner and the model (torch) load in the workers, not for mfuser-replay-fleet --help
+    from mfuser_ros.node.model_loader import LoadedModel
 
 __all__ = ["BagJob", "FleetError", "expand_bags", "find_complete", "plan_jobs", "replay_bag", "settings_fingerprint"]
 
@@ -210,6 +212,8 @@ def replay_bag(job: BagJob, base: ReplayOptions, loaded: LoadedModel, fingerprin
     options = replace(base, bag=job.bag, out=job.out_dir, progress=False)
     hook = None if on_frame is None else (lambda n: on_frame(job, attempt, n))
     try:
+        from mfuser_ros.replay.runner import run_replay  # noqa: PLC0415 - see the imports
+
         result = run_replay(options, loaded=loaded, on_frame=hook)
         report = os.path.relpath(result.report_md, out_root)
         record = bag_record_from_result(result, str(job.bag), job.bag_id, report, fingerprint, worst,

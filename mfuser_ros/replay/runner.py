@@ -25,15 +25,16 @@ import sys
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from mfuser_model.classes import palette_to_hex
 from mfuser_model.errors import MFuserError
 from mfuser_model.inference import InferenceProtocol
+from mfuser_model.report import decoder_backend_name, model_file_record
 from mfuser_ros.node.camera_info import CameraInfoData
 from mfuser_ros.node.config import NodeConfig, output_topic
 from mfuser_ros.node.conversions import message_to_rgb
@@ -54,7 +55,6 @@ from mfuser_ros.replay.bagio import (
 from mfuser_ros.replay.evaluation import (
     Evaluator,
     GroundTruthDir,
-    GtFormat,
     Montage,
     StampMatcher,
     gt_lut,
@@ -64,57 +64,32 @@ from mfuser_ros.replay.evaluation import (
     write_report,
 )
 from mfuser_ros.replay.frame_log import FrameLog
+from mfuser_ros.replay.options import (  # the options live apart so that the CLI checks them without torch
+    EXIT_BAG_DAMAGED,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    GT_SUFFIX,
+    OPTIONAL_OUTPUTS,
+    ReplayError,
+    ReplayOptions,
+)
 from mfuser_ros.replay.player import Player
+from mfuser_ros.replay.progress import ReplayProgress
 
-__all__ = ["GT_SUFFIX", "ReplayError", "ReplayOptions", "ReplayResult", "find_camera_topics", "run_replay"]
-
-# ReplayOptions.outputs, in the order of Wanted's fields.
-OPTIONAL_OUTPUTS = ("color", "overlay", "confidence", "labels/compressed", "color/compressed", "overlay/compressed")
-# Ground-truth topic of a camera namespace when none is given: ``<camera>/ground_truth/labels``.
-GT_SUFFIX = "ground_truth/labels"
-EXIT_OK, EXIT_ERROR, EXIT_BAG_DAMAGED, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class ReplayError(MFuserError):
-    """Replay cannot start: no image topics, unknown topic, output exists. Names the file or topic."""
-
-
-@dataclass(frozen=True)
-class ReplayOptions:
-    """Everything one replay run needs (the CLI builds it; tests build it directly).
-
-    Attributes:
-        bag: input bag (rosbag2 directory, .mcap, .db3, or ROS 1 .bag). out: report folder (created).
-        node: the node configuration; ``image_topics`` is replaced by the topics replayed.
-        topics: camera topics; empty = every Image/CompressedImage topic except outputs and ground truth.
-        gt_topics: ``camera_topic -> label_topic``; cameras not listed use ``<camera>/ground_truth/labels``.
-        gt_dir / gt_key: folder of label PNGs keyed by header stamp (ns) or frame index.
-        gt_format: ground-truth values are Cityscapes ``labelids`` or ``trainids``.
-        storage: output bag storage, ``mcap`` or ``sqlite3``.
-        realtime / rate: play at the recorded rate (scaled) with the node's frame dropping.
-        outputs: optional outputs to write besides labels (``color``, ``overlay``, ``confidence``,
-            ``labels/compressed``, ``color/compressed``, ``overlay/compressed``).
-        montage_rows: most sampled frames in the montage (0 = no montage).
-        max_frames: stop after this many camera frames (0 = all).
-        progress: show a progress bar on stderr.
-    """
-
-    bag: Path
-    out: Path
-    node: NodeConfig = field(default_factory=NodeConfig)
-    topics: tuple[str, ...] = ()
-    gt_topics: dict[str, str] = field(default_factory=dict)
-    gt_dir: Path | None = None
-    gt_key: Literal["stamp", "index"] = "stamp"
-    gt_format: GtFormat = "trainids"
-    storage: Literal["mcap", "sqlite3"] = "mcap"
-    realtime: bool = False
-    rate: float = 1.0
-    outputs: tuple[str, ...] = ("color",)
-    montage_rows: int = 8
-    max_frames: int = 0
-    progress: bool = True
-
+__all__ = [
+    "EXIT_BAG_DAMAGED",
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "GT_SUFFIX",
+    "OPTIONAL_OUTPUTS",
+    "ReplayError",
+    "ReplayOptions",
+    "ReplayResult",
+    "find_camera_topics",
+    "run_replay",
+]
 
 @dataclass
 class ReplayResult:
@@ -144,32 +119,6 @@ def find_camera_topics(topics: dict[str, Any], gt_topics: Sequence[str] = ()) ->
 
 def _gt_topic_for(namespace: str) -> str:
     return f"{namespace}/{GT_SUFFIX}" if namespace else f"/{GT_SUFFIX}"
-
-
-class _Progress:
-    """tqdm on stderr when asked, a no-op otherwise (tests, pipes)."""
-
-    def __init__(self, total: int | None, enabled: bool) -> None:
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm  # noqa: PLC0415
-
-            self.bar = tqdm(total=total, unit="frame", desc="replay", dynamic_ncols=True, file=sys.stderr,
-                            smoothing=0.1)
-
-    def update(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def write(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 class _ReplaySink:
@@ -206,8 +155,8 @@ class _Run:
     """State of one replay: the pending input frames, evaluation, latency and the output bag."""
 
     def __init__(self, options: ReplayOptions, cameras: list[str], topics: list[str], namespaces: list[str],
-                 gt_topics: dict[str, int], out_bag: BagOutput, progress: _Progress, expected: int,
-                 palette: tuple[tuple[int, int, int], ...]) -> None:
+                 gt_topics: dict[str, int], out_bag: BagOutput, progress: ReplayProgress, expected: int,
+                 loaded: LoadedModel, gt_dir: GroundTruthDir | None) -> None:
         import threading  # noqa: PLC0415
 
         self.options = options
@@ -222,10 +171,10 @@ class _Run:
         self.read = [0] * len(cameras)
         self.latency: list[list[float]] = [[] for _ in cameras]
         self.input_sizes: list[Counter[tuple[int, int]]] = [Counter() for _ in cameras]  # decoded (h, w) -> frames
-        self.evaluator = Evaluator(namespaces)
+        self.evaluator = Evaluator(namespaces, loaded.class_names)
         self.matchers = [StampMatcher() for _ in cameras]
         self.lut = gt_lut(options.gt_format)
-        self.gt_dir = GroundTruthDir(options.gt_dir, options.gt_key) if options.gt_dir else None
+        self.gt_dir = gt_dir
         self.gt_missing = [0] * len(cameras)
         self.gt_failed = [0] * len(cameras)  # ground-truth messages that could not be used (corrupt, bad values)
         self.undecodable = [0] * len(cameras)  # camera messages whose bytes do not deserialize
@@ -234,7 +183,7 @@ class _Run:
         per_camera = max(1, expected // max(1, len(cameras)))
         rows_per_camera = max(1, options.montage_rows // max(1, len(cameras)))
         self.montage = Montage(every=max(1, per_camera // rows_per_camera), max_rows=options.montage_rows,
-                               palette=palette)
+                               palette=loaded.palette, class_names=loaded.class_names)
         self.label_times: list[OrderedDict[int, int]] = [OrderedDict() for _ in cameras]  # stamp -> labels' log time
         self.info_topics: dict[str, int] = {}  # CameraInfo topic in the bag -> camera
         self.clock_ns: Callable[[], int] = time.time_ns
@@ -410,6 +359,26 @@ def _inference_summary(worker: FrameWorker, sizes: Counter[tuple[int, int]]) -> 
     return {**protocol.record(sizes), "summary": protocol.describe(sizes)}
 
 
+def _backend(worker: FrameWorker, config: NodeConfig) -> str:
+    """The decode head's backend as attached to the model (the configured one for a segmenter without a model)."""
+    model = getattr(worker.pipeline.segmenter, "model", None)
+    return decoder_backend_name(model) if model is not None else config.decoder_backend
+
+
+def _gt_summary(options: ReplayOptions, run: _Run) -> dict[str, Any]:
+    """Where each camera's ground truth came from, and how its values became train ids."""
+    table = ("Cityscapes labelIds -> train ids (cityscapesscripts helpers/labels.py)" if options.gt_format == "labelids"
+             else "train ids as stored")
+    if run.gt_dir is not None:
+        per_camera = {ns: f"{d}/<{options.gt_key}>.png" if d else None for ns, d in run.gt_dir.describe().items()}
+    else:
+        per_camera = {run.namespaces[c]: f"topic {t}" for t, c in run.gt_topics.items()}
+    text = "; ".join(f"{ns or '/'}: {where or 'none'}" for ns, where in per_camera.items()) or "none in the bag"
+    return {"source": str(options.gt_dir) if options.gt_dir else "topics", "format": options.gt_format,
+            "topics": {run.cameras[c]: t for t, c in run.gt_topics.items()} if options.gt_dir is None else {},
+            "cameras": per_camera, "label_map": table, "summary": f"{text} ({table})"}
+
+
 def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: NodeConfig, out_bag: Path,
              wall_s: float, partial_reason: str | None, damaged: str | None) -> dict[str, Any]:
     names = run.evaluator.class_names
@@ -432,7 +401,7 @@ def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: Nod
             "gt_unmatched": (run.matchers[i].unmatched_preds if run.gt_dir is None else run.gt_missing[i]),
             "gt_failed": run.gt_failed[i],
             "undecodable": run.undecodable[i],
-            "metrics": run.evaluator.matrices[ns].to_dict(names) if evaluated else None,
+            "metrics": run.evaluator.matrices[ns].to_dict(names, options.miou_rule) if evaluated else None,
             "latency_ms": latency_summary(run.latency[i]),
             "camera_info": _camera_info_summary(run, worker, i),
             "inference": _inference_summary(worker, run.input_sizes[i]),
@@ -449,10 +418,11 @@ def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: Nod
         "mode": f"realtime (rate {options.rate:g})" if options.realtime else "evaluation (no frame dropped)",
         "model": {"checkpoint": config.checkpoint or None, "preset": config.preset or None, "device": config.device,
                   "precision": config.precision, "inference_mode": config.inference_mode,
-                  "max_batch": config.max_batch,
+                  "max_batch": config.max_batch, "decoder_backend": _backend(worker, config),
+                  "tensors_sha256": model_file_record(config.checkpoint)["tensors_sha256"],
                   "inference": _inference_summary(worker, sum(run.input_sizes, Counter()))},
-        "gt": {"source": str(options.gt_dir) if options.gt_dir else "topics", "format": options.gt_format,
-               "topics": {run.cameras[c]: t for t, c in run.gt_topics.items()} if options.gt_dir is None else {}},
+        "gt": _gt_summary(options, run),
+        "miou_rule": options.miou_rule,
         "frames": {"read": sum(run.read), "processed": processed,
                    "dropped": sum(s.dropped for s in worker.stats), "failed": sum(s.errors for s in worker.stats),
                    "unfinished": sum(c["unfinished"] for c in cams.values()), "evaluated": evaluated_total,
@@ -465,7 +435,7 @@ def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: Nod
                                if options.realtime else
                                "per frame: decode + model call of its batch + encode + bag write (no queueing)"),
         "cameras": cams,
-        "overall": {"metrics": run.evaluator.overall().to_dict(names) if evaluated_total else None,
+        "overall": {"metrics": run.evaluator.overall().to_dict(names, options.miou_rule) if evaluated_total else None,
                     "latency_ms": latency_summary(all_latency)},
         "class_names": list(names),
         "palette": list(palette_to_hex(run.montage.palette)),  # the colour outputs' and montage's legend
@@ -508,18 +478,20 @@ def run_replay(options: ReplayOptions, *, loaded: LoadedModel | None = None,
                 gt = explicit_gt.get(topic) or _gt_topic_for(ns)
                 if gt in topics:
                     gt_topics[gt] = i
+        # Matched per camera before the model loads: an ambiguous folder is refused at once.
+        gt_dir = GroundTruthDir(options.gt_dir, options.gt_key, namespaces) if options.gt_dir else None
         if loaded is None:
             loaded = load_model(config)
         expected_counts = [topics[t].count for t in cameras]
         expected = sum(expected_counts) if all(c is not None for c in expected_counts) else None
         if options.max_frames and expected is not None:
             expected = min(expected, options.max_frames)
-        progress = _Progress(expected, options.progress)
+        progress = ReplayProgress(expected, options.progress)
         # Outputs are recorded with the QoS the node offers; inputs get theirs below.
         out_bag = BagOutput(out_bag_path, storage=options.storage,
                             default_qos=(ros2_qos(config.output_qos, config.output_qos_depth),))
         run = _Run(options, cameras, list(topics), namespaces, gt_topics, out_bag, progress, expected or 0,
-                   loaded.palette)
+                   loaded, gt_dir)
         run.info_topics = {t: i for i, t in enumerate(config.camera_info_topic_names())
                            if t in topics and topics[t].msgtype == CAMERA_INFO_TYPE}
         # Bag order, not wall time, decides whether a CameraInfo came: frames wait until the end of the bag.

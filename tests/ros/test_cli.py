@@ -17,3 +17,9 @@ def test_invalid_parameter_exits_2_naming_it(tmp_path, capsys):
 def test_unknown_command_line_parameter_exits_2_naming_it(capsys):
     assert main(["--transport", "dds", "-p", "max_bach=2"]) == 2
     assert "max_bach" in capsys.readouterr().err
+
+
+def test_no_checkpoint_is_refused_before_the_model_loads_naming_the_overrides(capsys):
+    assert main(["--transport", "dds", "-p", "checkpoint=''", "-p", "image_topics=[cam/image_raw]"]) == 2
+    err = capsys.readouterr().err
+    assert "random weights" in err and "allow_random_weights:=true" in err and "Traceback" not in err

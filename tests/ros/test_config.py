@@ -10,6 +10,7 @@ import yaml
 
 from mfuser_model.errors import ConfigError
 from mfuser_ros.node.config import (
+    BUNDLED_MODEL,
     NodeConfig,
     camera_namespace,
     is_compressed_topic,
@@ -28,7 +29,18 @@ def write_params(tmp_path, params, section="/**"):
 
 
 def test_shipped_parameter_file_loads_and_equals_the_defaults():
-    assert load_node_config(SHIPPED) == NodeConfig()
+    # One noted difference: the file names the bundled model, NodeConfig's default is no checkpoint (refused).
+    assert load_node_config(SHIPPED) == NodeConfig(checkpoint=BUNDLED_MODEL)
+
+
+def test_the_node_refuses_random_weights_unless_asked_and_names_the_overrides():
+    with pytest.raises(ConfigError, match=r"'checkpoint' is empty.*checkpoint:=package://.*allow_random_weights:=true"):
+        NodeConfig().check_weights()
+    NodeConfig(allow_random_weights=True).check_weights()
+    NodeConfig(checkpoint=BUNDLED_MODEL).check_weights()
+    assert NodeConfig(threads=-1).thread_option is None and NodeConfig(threads=0).thread_option == 0
+    with pytest.raises(ConfigError, match="threads"):
+        NodeConfig(threads=-2)
 
 
 def test_shipped_parameter_file_documents_every_parameter():

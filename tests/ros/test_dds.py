@@ -468,7 +468,8 @@ def run_node(args: list[str], timeout: float, script: str = "-m mfuser_ros.node.
 def test_a_worker_that_dies_is_fatal_and_visible():
     domain_id = 1 + (os.getpid() + 7) % 200
     proc = run_node(["--domain-id", str(domain_id), "-p", "image_topics=[front/image_raw]", "-p", "warmup=false",
-                     "-p", "diagnostics_period_s=0.2"], timeout=60, script=str(REPO / "tests/ros/faulty_node.py"))
+                     "-p", "diagnostics_period_s=0.2", "-p", "allow_random_weights=true"], timeout=60,
+                    script=str(REPO / "tests/ros/faulty_node.py"))
     try:
         assert "ready" in proc.stdout.readline()
         camera = Camera(domain_id)
@@ -497,7 +498,8 @@ def test_shutdown_while_a_frame_is_in_the_model_exits_0():
 
     domain_id = 1 + (os.getpid() + 9) % 200
     proc = run_node(["--domain-id", str(domain_id), "-p", "image_topics=[front/image_raw/compressed]",
-                     "-p", "warmup=false", "-p", "diagnostics_period_s=0.1", "-p", "shutdown_timeout_s=0.3"],
+                     "-p", "warmup=false", "-p", "diagnostics_period_s=0.1", "-p", "shutdown_timeout_s=0.3",
+                     "-p", "allow_random_weights=true"],
                     timeout=120)
     try:
         assert "ready" in proc.stdout.readline()

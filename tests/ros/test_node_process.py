@@ -91,7 +91,7 @@ def test_runtime_parameters_change_and_are_validated():
     config = NodeConfig(image_topics=("cam/image_raw",))
     changed = with_runtime_changes(config, {"overlay_alpha": 0.2, "latency_warn_ms": 100})
     assert (changed.overlay_alpha, changed.latency_warn_ms, changed.image_topics) == (0.2, 100.0, ("cam/image_raw",))
-    with pytest.raises(ConfigError, match="'overlay_alpha': value 1.5 must be in"):
+    with pytest.raises(ConfigError, match="overlay_alpha: value 1.5 must be in"):
         with_runtime_changes(config, {"overlay_alpha": 1.5})
     with pytest.raises(ConfigError, match="latency_error_ms"):
         with_runtime_changes(config, {"latency_warn_ms": 5000.0})  # above latency_error_ms (2000)

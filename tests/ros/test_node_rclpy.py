@@ -34,7 +34,8 @@ def context():
 
 
 def make_node(context, **params):
-    overrides = {"image_topics": ["cam/image_raw"], "warmup": False, "autostart": False, **params}
+    overrides = {"image_topics": ["cam/image_raw"], "warmup": False, "autostart": False,
+                 "allow_random_weights": True, **params}
     return MFuserNode(context=context, parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
 
 
@@ -149,7 +150,8 @@ def test_a_worker_that_dies_is_fatal_and_visible(context):
     env = dict(os.environ, ROS_DOMAIN_ID=str(context.get_domain_id()))
     proc = subprocess.Popen(
         [sys.executable, str(repo / "tests/ros/faulty_node.py"), "--transport", "ros", "-p",
-         "image_topics=[cam/image_raw]", "-p", "warmup=false", "-p", "diagnostics_period_s=0.2"],
+         "image_topics=[cam/image_raw]", "-p", "warmup=false", "-p", "diagnostics_period_s=0.2",
+         "-p", "allow_random_weights=true"],
         cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peer = rclpy.create_node("camera", context=context)
     executor = SingleThreadedExecutor(context=context)

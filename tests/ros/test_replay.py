@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from mfuser_model.classes import CITYSCAPES_LABEL_TO_TRAIN
+from mfuser_model.errors import MFuserError
 from mfuser_model.metrics import ConfusionMatrix
 from mfuser_ros.node.config import NodeConfig
 from mfuser_ros.node.pipeline import Wanted
@@ -291,3 +292,49 @@ def test_corrupt_db3_stops_at_the_damage_naming_file_and_message(tmp_path, msgs,
     with BagInput(bag) as reader, pytest.raises(BagReadError, match=r"drive: cannot read after message \d+"):
         read_all(reader)
     assert 1 <= len(read) < 6
+
+
+def test_flat_ground_truth_folder_with_several_cameras_is_refused(tmp_path, msgs, typestore, tiny_model):
+    # Before: every camera was scored against the same flat folder, silently.
+    bag = write_bag(tmp_path / "drive", msgs, typestore, gt=False, frames=1)
+    gt_dir = tmp_path / "gt"
+    gt_dir.mkdir()
+    cv2.imwrite(str(gt_dir / "000000.png"), gt_labels(48, 64, 0))
+    with pytest.raises(MFuserError, match=r"2 cameras are replayed \(/front, /side\).*front/, side/"):
+        run_replay(options(bag, tmp_path / "report", gt_dir=gt_dir, gt_key="index"), loaded=tiny_model)
+    assert not (tmp_path / "report" / "metrics.json").exists()
+
+
+def test_flat_ground_truth_of_one_camera_report_states_what_was_measured(tmp_path, msgs, typestore, tiny_model,
+                                                                         capsys):
+    bag = write_bag(tmp_path / "drive", msgs, typestore, gt=False, frames=2)
+    gt_dir = tmp_path / "gt"
+    gt_dir.mkdir()
+    train = [gt_labels(48, 64, seed=20 + i) for i in range(2)]
+    for i, labels in enumerate(train):
+        cv2.imwrite(str(gt_dir / f"{i:06d}.png"), labels)
+    opts = replace(options(bag, tmp_path / "report", gt_dir=gt_dir, gt_key="index", miou_rule="bdd100k"),
+                   topics=("/front/image_raw",), progress=True)
+    result = run_replay(opts, loaded=tiny_model)
+    cm = ConfusionMatrix(19)
+    for (_, msg), labels in zip(read_bag(bag)["/front/image_raw"], train, strict=True):
+        cm.update(tiny_model.pipeline.process(msg).labels.data, labels)
+    s = result.summary
+    m = s["cameras"]["/front"]["metrics"]
+    assert s["cameras"]["/front"]["evaluated"] == 2 and s["gt"]["cameras"] == {"/front": f"{gt_dir}/<index>.png"}
+    assert m["mIoU"] == pytest.approx(cm.miou("bdd100k")) and m["miou_rule"] == "bdd100k"
+    assert m["mAcc"] == pytest.approx(cm.mean_class_accuracy()) and m["Acc"]["road"] is not None
+    assert m["confusion_matrix"] == cm.counts_array().tolist()
+    assert s["model"]["decoder_backend"] == "torch" and s["model"]["tensors_sha256"] is None
+    report = result.report_md.read_text()
+    assert "- decoder backend: torch" in report and "- mIoU rule: BDD100K toolkit rule" in report
+    assert f"- ground truth: /front: {gt_dir}/<index>.png (train ids as stored)" in report
+    assert "preset `tiny-eva02` with random weights" in report and "- inference: whole image" in report
+    all_row = next(line for line in report.splitlines() if line.startswith("| **all** |"))
+    assert f"| {100 * m['mIoU']:.2f}% | {100 * m['mAcc']:.2f}% | {100 * m['aAcc']:.2f}% |" in all_row
+    # The montage has the colour legend under its rows (header 20 + one row per sampled frame + legend).
+    montage = cv2.imread(str(result.montage_png))
+    assert montage.shape[0] > 20 + 2 * (48 * 256 // 64 + 2)
+    # stderr is no terminal here: progress comes as log lines, the last one with the total.
+    err = capsys.readouterr().err
+    assert "mfuser-replay: 1/2 frames (50.0%)" in err and "mfuser-replay: 2/2 frames (100.0%)" in err

@@ -229,7 +229,10 @@ def test_cli_trains_then_eval_cli_scores_the_model(tmp_path: Path, source_root: 
     data["eval"] = {"targets": [{"name": "src", "kind": "gtav", "root": str(source_root), "scale": "native",
                                  "max_images": 2}], "crop_size": 56, "stride": 37, "num_samples": 1}
     cfg_path.write_text(yaml.safe_dump(data))
-    assert train_main(["--config", str(cfg_path), "iterations=2", "eval.targets=[]"]) == 0
+    assert train_main(["--config", str(cfg_path), "iterations=2", "eval.targets=[]", "--resume", "none"]) == 0
+    started = capsys.readouterr().out  # what ran where, printed before training
+    assert "merged config:\nname:" in started and "iterations: 2" in started and "device " in started
+    assert f"run folder {base.run_dir}; resume none (start afresh); TensorBoard off" in started  # tiny: no tb
     model = base.run_dir / "model.safetensors"
     assert model.is_file()
     out = tmp_path / "evalout"
@@ -280,3 +283,10 @@ def test_sample_grid_puts_image_ground_truth_and_prediction_side_by_side():
     assert grid.shape == (2 * 22, 90, 3)
     assert tuple(grid[0, 0]) == (7, 7, 7)
     assert tuple(grid[0, 30]) == CITYSCAPES_PALETTE[0] and tuple(grid[0, 60]) == CITYSCAPES_PALETTE[10]
+    # With the class names, the colour legend (the same palette) goes below: one swatch per class id.
+    from mfuser_model.classes import CITYSCAPES_CLASSES
+
+    legend = sample_grid([(image, gt, pred)], CITYSCAPES_PALETTE, class_names=CITYSCAPES_CLASSES)[22:]
+    assert legend.shape[1] == 90 and legend.shape[0] >= 19 * 18
+    assert tuple(legend[3 + 6, 4 + 7]) == CITYSCAPES_PALETTE[0]
+    assert tuple(legend[18 * 10 + 3 + 6, 4 + 7]) == CITYSCAPES_PALETTE[10]
