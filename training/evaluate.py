@@ -33,7 +33,14 @@ from mfuser_model.inference import Segmenter
 from mfuser_model.metrics import ConfusionMatrix
 from mfuser_model.network.mfuser import MFuser
 from mfuser_model.progress import ProgressLog
-from mfuser_model.report import class_table, decoder_backend_name, legend_image, model_file_record, run_facts
+from mfuser_model.report import (
+    class_table,
+    decoder_backend_name,
+    legend_image,
+    model_file_record,
+    percent,
+    run_facts,
+)
 from training.config import DatasetSpec, EvalConfig
 from training.datasets import (
     BDD100KDataset,
@@ -302,8 +309,10 @@ def evaluate_targets(model: MFuser, targets: Sequence[DatasetSpec], cfg: EvalCon
         summary[spec.name] = metrics["mIoU"]
         if ctx.is_main:
             write_target_report(out_dir / spec.name, result, class_names, samples, model.config.palette)
-            _log.info("%s: mIoU %.2f%% (%s rule) over %d images", spec.name, 100 * result.miou, spec.miou_rule,
-                      metrics["images"])
+            gt = metrics["ground_truth"]
+            _log.info("%s: mIoU %s (%s rule) over %d images; labels %s, label map %s (%s)", spec.name,
+                      percent(result.miou), spec.miou_rule, metrics["images"], gt["labels"], gt["label_map"],
+                      gt["label_map_source"])
     if ctx.is_main and results:
         (out_dir / "summary.json").parent.mkdir(parents=True, exist_ok=True)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")

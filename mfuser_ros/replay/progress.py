@@ -4,7 +4,7 @@ so a replay run from a script or a job scheduler is not silent (a bar writes not
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 from mfuser_model.progress import ProgressLog
 
@@ -28,6 +28,7 @@ class ReplayProgress:
         self.stream = stream or sys.stderr
         self.bar = None
         self.log: ProgressLog | None = None
+        self._segmenter: Any = None
         if enabled and self.stream.isatty():
             from tqdm import tqdm  # noqa: PLC0415
 
@@ -38,6 +39,12 @@ class ReplayProgress:
 
     def _print(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
+
+    def watch(self, segmenter: Any) -> None:
+        """Count ``segmenter``'s slide windows in the log lines (a large frame takes many), until :meth:`close`."""
+        if self.log is not None and hasattr(segmenter, "on_window"):
+            self._segmenter = segmenter
+            segmenter.on_window = self.log.partial
 
     def update(self) -> None:
         """One more camera frame handed to the pipeline."""
@@ -55,6 +62,9 @@ class ReplayProgress:
 
     def close(self) -> None:
         """End the bar; the log's last line says how far the replay got."""
+        if self._segmenter is not None:
+            self._segmenter.on_window = None
+            self._segmenter = None
         if self.bar is not None:
             self.bar.close()
         elif self.log is not None and (self.log.total is None or self.log.done < self.log.total):

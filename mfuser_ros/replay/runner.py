@@ -487,6 +487,7 @@ def run_replay(options: ReplayOptions, *, loaded: LoadedModel | None = None,
         if options.max_frames and expected is not None:
             expected = min(expected, options.max_frames)
         progress = ReplayProgress(expected, options.progress)
+        progress.watch(loaded.pipeline.segmenter)
         # Outputs are recorded with the QoS the node offers; inputs get theirs below.
         out_bag = BagOutput(out_bag_path, storage=options.storage,
                             default_qos=(ros2_qos(config.output_qos, config.output_qos_depth),))

@@ -21,3 +21,16 @@ def test_replay_progress_without_a_terminal_prints_log_lines():
     off.update()
     off.close()
     assert silent.getvalue() == ""
+
+
+def test_replay_progress_counts_slide_windows_until_closed():
+    class Segmenter:
+        on_window = None
+
+    stream, segmenter = io.StringIO(), Segmenter()
+    progress = ReplayProgress(2, True, stream=stream, interval_s=0)
+    progress.watch(segmenter)
+    segmenter.on_window(3, 18)  # what slide inference calls after each window
+    assert "mfuser-replay: 0/2 frames (0.0%), frame 1: window 3/18" in stream.getvalue()
+    progress.close()
+    assert segmenter.on_window is None  # a model shared with later runs is left silent
