@@ -79,8 +79,12 @@ def slide_windows(height: int, width: int, crop_size: int, stride: int) -> tuple
 
 
 def slide_scores(score_fn: ScoreFn, images: torch.Tensor, crop_size: int, stride: int,
-                 num_classes: int, min_size: int = 1) -> torch.Tensor:
+                 num_classes: int, min_size: int = 1,
+                 on_window: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Sliding-window scores (mmseg's ``slide_inference``): windows clipped to the image, averaged on overlap.
+
+    ``on_window(done, total)`` is called after each window: a large image takes many forward passes, and a
+    caller's progress report should move meanwhile (the core itself prints nothing).
 
     A window smaller than the crop (an image side below ``crop_size``) is decoded at its own size, unpadded, as the
     reference does; padding it would change its scores (the padding takes part in attention). Only sides below
@@ -98,6 +102,8 @@ def slide_scores(score_fn: ScoreFn, images: torch.Tensor, crop_size: int, stride
             window = _pad_to(window, max(y2 - y1, min_size), max(x2 - x1, min_size))
             total[:, :, y1:y2, x1:x2] += score_fn(window)[:, :, : y2 - y1, : x2 - x1].float()
             count[:, :, y1:y2, x1:x2] += 1
+            if on_window is not None:
+                on_window(r * cols + c + 1, rows * cols)
     return total / count
 
 
@@ -223,6 +229,8 @@ class Segmenter:
             raise ConfigError(msg)
         self.input_box = tuple(input_box) if input_box is not None else None
         self.enlarge = enlarge
+        # Called as on_window(done, total) after each slide window (progress of large images); None: silent.
+        self.on_window: Callable[[int, int], None] | None = None
 
     @property
     def protocol(self) -> InferenceProtocol:
@@ -254,7 +262,7 @@ class Segmenter:
                 out = whole_scores(self.model.predict, images, self.multiple)
             else:
                 out = slide_scores(self.model.predict, images, self.crop_size, self.stride, self.num_classes,
-                                   min_size=self.multiple)
+                                   min_size=self.multiple, on_window=self.on_window)
         return out.float()
 
     @torch.no_grad()

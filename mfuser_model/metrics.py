@@ -1,22 +1,50 @@
 """Semantic-segmentation metrics: one confusion matrix shared by training's evaluator and the replay tool.
 
-Semantics follow mmsegmentation's ``mean_iou`` (the metric the MFuser paper reports): intersections and unions are
-accumulated over the whole set, pixels whose ground truth is ``ignore_index`` are dropped, a class absent from both
-ground truth and prediction has IoU NaN, and mIoU is the NaN-skipping mean. Predictions outside ``[0, K)`` on valid
-pixels count as misses for the ground-truth class (mmseg drops them from the prediction histogram but keeps them
-in the label histogram, so they enlarge the union).
+Intersections and unions are accumulated over the whole set, pixels whose ground truth is ``ignore_index`` are
+dropped, and predictions outside ``[0, K)`` on valid pixels count as misses for the ground-truth class (mmseg drops
+them from the prediction histogram but keeps them in the label histogram, so they enlarge the union; BDD100K's
+toolkit maps them to its "ignored" column, the same). Per-class IoUs agree between the tools; which classes the mean
+runs over does not (:data:`MIOU_RULES`):
+
+- ``mmseg`` (default; mmsegmentation's ``mean_iou``, the metric the MFuser paper reports, and cityscapesscripts'):
+  a class absent from both ground truth and prediction has IoU NaN and is left out; one that is predicted but
+  absent from the ground truth counts 0.
+- ``bdd100k`` (the BDD100K toolkit, ``bdd100k/eval/seg.py``): the mean runs over the classes present in the
+  ground truth only; every other class is listed with IoU 0 and left out of the mean. Use it to put a number next
+  to one the toolkit printed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from mfuser_model.classes import CITYSCAPES_CLASSES, IGNORE_INDEX
 
-__all__ = ["ConfusionMatrix", "format_table"]
+__all__ = ["MIOU_RULES", "ConfusionMatrix", "MiouRule", "check_rule"]
+
+MiouRule = Literal["mmseg", "bdd100k"]
+# What each rule averages over, in the words a report prints beside the number.
+MIOU_RULES: dict[str, str] = {
+    "mmseg": ("mmseg rule: mean over the classes present in the ground truth or the prediction (a class predicted "
+              "but absent from the ground truth counts 0; a class absent from both is left out)"),
+    "bdd100k": ("BDD100K toolkit rule (bdd100k/eval/seg.py): mean over the classes present in the ground truth "
+                "only (the others are listed as 0 and left out of the mean)"),
+}
+
+
+def check_rule(rule: str) -> MiouRule:
+    """``rule`` if it names a rule of :data:`MIOU_RULES`.
+
+    Raises:
+        ValueError: an unknown rule (the valid ones are named).
+    """
+    if rule not in MIOU_RULES:
+        msg = f"mIoU rule {rule!r} is not one of {sorted(MIOU_RULES)}"
+        raise ValueError(msg)
+    return rule  # type: ignore[return-value]
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -113,16 +141,23 @@ class ConfusionMatrix:
         pred_area = self._counts[:, : self.num_classes].sum(axis=0)
         return tp, gt_area + pred_area - tp
 
-    def iou(self) -> np.ndarray:
-        """Per-class IoU, float64 ``(K,)``; NaN where a class is absent from both ground truth and prediction."""
-        inter, union = self.intersection_union()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+    def gt_present(self) -> np.ndarray:
+        """``(K,)`` bool: the classes with at least one valid ground-truth pixel."""
+        return self._counts.sum(axis=1) > 0
 
-    def miou(self) -> float:
-        """Mean IoU over classes with a defined IoU (NaN when nothing was counted)."""
-        iou = self.iou()
-        return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+    def iou(self, rule: MiouRule = "mmseg") -> np.ndarray:
+        """Per-class IoU, float64 ``(K,)``. Where a class is absent from both ground truth and prediction: NaN
+        (``mmseg``) or 0 (``bdd100k``, as its toolkit lists them)."""
+        inter, union = self.intersection_union()
+        absent = 0.0 if check_rule(rule) == "bdd100k" else np.nan
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(union > 0, inter / np.maximum(union, 1), absent)
+
+    def miou(self, rule: MiouRule = "mmseg") -> float:
+        """Mean IoU by ``rule`` (see :data:`MIOU_RULES`); NaN when nothing was counted."""
+        iou = self.iou(rule)
+        keep = self.gt_present() if rule == "bdd100k" else np.isfinite(iou)
+        return float(iou[keep].mean()) if keep.any() else float("nan")
 
     def pixel_accuracy(self) -> float:
         """Correct / valid pixels (NaN when nothing was counted)."""
@@ -135,8 +170,16 @@ class ConfusionMatrix:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(gt_area > 0, np.diag(self._counts) / np.maximum(gt_area, 1), np.nan)
 
-    def to_dict(self, class_names: Sequence[str] = CITYSCAPES_CLASSES) -> dict[str, Any]:
-        """JSON-friendly summary: ``{"mIoU", "aAcc", "IoU": {name: value|None}, "pixels"}`` (NaN -> None)."""
+    def mean_class_accuracy(self) -> float:
+        """Mean of :meth:`class_accuracy` over the classes in the ground truth (mmseg "mAcc"; NaN if none)."""
+        acc = self.class_accuracy()
+        return float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan")
+
+    def to_dict(self, class_names: Sequence[str] = CITYSCAPES_CLASSES, rule: MiouRule = "mmseg") -> dict[str, Any]:
+        """JSON-friendly summary (fractions in [0, 1], NaN -> None): ``mIoU`` by ``rule`` with the rule's name and
+        words, the mIoU by every rule, ``mAcc`` (mean class accuracy), ``aAcc`` (overall pixel accuracy),
+        per-class ``IoU`` and ``Acc``, the ``pixels`` counted and the ``confusion_matrix`` (rows = ground truth,
+        columns = prediction, a last column of predictions outside the classes)."""
         if len(class_names) != self.num_classes:
             msg = f"{len(class_names)} class names given for a {self.num_classes}-class matrix"
             raise ValueError(msg)
@@ -145,29 +188,19 @@ class ConfusionMatrix:
             return None if np.isnan(v) else float(v)
 
         return {
-            "mIoU": clean(self.miou()),
+            "mIoU": clean(self.miou(rule)),
+            "miou_rule": check_rule(rule),
+            "miou_rule_text": MIOU_RULES[rule],
+            "mIoU_by_rule": {r: clean(self.miou(r)) for r in MIOU_RULES},  # type: ignore[arg-type]
+            "mAcc": clean(self.mean_class_accuracy()),
             "aAcc": clean(self.pixel_accuracy()),
-            "IoU": {name: clean(v) for name, v in zip(class_names, self.iou(), strict=True)},
+            "IoU": {name: clean(v) for name, v in zip(class_names, self.iou(rule), strict=True)},
+            "Acc": {name: clean(v) for name, v in zip(class_names, self.class_accuracy(), strict=True)},
             "pixels": int(self._counts.sum()),
+            "confusion_matrix": self._counts.tolist(),
         }
 
     def __repr__(self) -> str:
         pixels = int(self._counts.sum())
         return f"ConfusionMatrix(num_classes={self.num_classes}, pixels={pixels}, mIoU={self.miou():.4f})"
 
-
-def format_table(cm: ConfusionMatrix, class_names: Sequence[str] = CITYSCAPES_CLASSES) -> str:
-    """Markdown table of per-class IoU and recall (percent), with an mIoU / aAcc footer row."""
-    if len(class_names) != cm.num_classes:
-        msg = f"{len(class_names)} class names given for a {cm.num_classes}-class matrix"
-        raise ValueError(msg)
-
-    def pct(v: float) -> str:
-        return "nan" if np.isnan(v) else f"{100 * v:.2f}"
-
-    width = max(len("class"), *(len(n) for n in class_names))
-    lines = [f"| {'class':<{width}} | IoU    | Acc    |", f"|{'-' * (width + 2)}|--------|--------|"]
-    for name, iou, acc in zip(class_names, cm.iou(), cm.class_accuracy(), strict=True):
-        lines.append(f"| {name:<{width}} | {pct(iou):>6} | {pct(acc):>6} |")
-    lines.append(f"| {'**mean**':<{width}} | {pct(cm.miou()):>6} | {pct(cm.pixel_accuracy()):>6} |")
-    return "\n".join(lines)

@@ -79,6 +79,9 @@ class DatasetSpec:
     # training.label_maps) and the label layout (auto, trainids, rein, half, v1.2, legacy, v2.0).
     label_map: str | None = None
     label_version: str = "auto"
+    # Which classes the mIoU averages over (mfuser_model.metrics.MIOU_RULES): mmseg (the paper's), or bdd100k to
+    # put a number next to one the BDD100K toolkit printed.
+    miou_rule: Literal["mmseg", "bdd100k"] = "mmseg"
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -45,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         require_file(args.model, "--model")
         apply_threads(args.threads)  # before torch loads (see mfuser_model.threads)
         from mfuser_model.checkpoint import load_model  # noqa: PLC0415 - torch only past --help and the checks
+        from mfuser_model.report import percent  # noqa: PLC0415
         from training.config import load_train_config  # noqa: PLC0415
         from training.distributed import setup_distributed, teardown_distributed  # noqa: PLC0415
         from training.evaluate import evaluate_targets  # noqa: PLC0415
@@ -67,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             model = load_model(args.model, ctx.device)
             model_path = Path(args.model)
             out = Path(args.out) if args.out else model_path.parent / f"eval_{model_path.stem}"
-            results = evaluate_targets(model, targets, cfg.eval, out, ctx=ctx, generate=cfg.data.generate_if_missing)
+            results = evaluate_targets(model, targets, cfg.eval, out, ctx=ctx, generate=cfg.data.generate_if_missing,
+                                       model_file=model_path)
         finally:
             teardown_distributed(ctx)
     except MFuserError as err:
@@ -75,10 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if ctx.is_main:
         width = max(len(n) for n in results)
-        print(f"| {'target':<{width}} | mIoU   |")
-        print(f"|{'-' * (width + 2)}|--------|")
+        print(f"| {'target':<{width}} | mIoU    | rule    |")
+        print(f"|{'-' * (width + 2)}|---------|---------|")
         for name, r in results.items():
-            print(f"| {name:<{width}} | {100 * r.miou:6.2f} |")
+            print(f"| {name:<{width}} | {percent(r.miou):>7} | {r.metrics['miou_rule']:<7} |")
         print(f"reports in {out}")
     return 0
 

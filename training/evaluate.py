@@ -4,8 +4,11 @@ Protocol (mmseg ``test.py --eval mIoU`` as MFuser runs it): each image resized k
 (2048, 1024) for Cityscapes and Mapillary or (1280, 720) for BDD100K, sliding window 512 / stride 341 with
 overlapping scores averaged, scores resized back to the label's size, argmax, and a 19-class confusion matrix
 accumulated over the whole set (ignore 255). One run evaluates several targets (GTAV -> Cityscapes, BDD100K,
-Mapillary). Per target it writes ``iou.md`` (per-class table), ``iou.json`` and ``samples.png`` (image | ground
-truth | prediction rows).
+Mapillary). Per target it writes ``iou.md`` (per-class table), ``iou.json`` (per-class IoU and accuracy, the
+confusion matrix) and ``samples.png`` (image | ground truth | prediction rows, a colour legend below); both files
+state the model file and its digest, the decoder backend, the inference protocol, the ground truth and the mIoU
+rule (a target's ``miou_rule``: ``mmseg``, or ``bdd100k`` to compare with the BDD100K toolkit's numbers). Progress
+(images, windows of large images, ETA) goes to the log.
 """
 
 from __future__ import annotations
@@ -27,8 +30,17 @@ import torch.nn.functional as F
 
 from mfuser_model.classes import colorize
 from mfuser_model.inference import Segmenter
-from mfuser_model.metrics import ConfusionMatrix, format_table
+from mfuser_model.metrics import ConfusionMatrix
 from mfuser_model.network.mfuser import MFuser
+from mfuser_model.progress import ProgressLog
+from mfuser_model.report import (
+    class_table,
+    decoder_backend_name,
+    legend_image,
+    model_file_record,
+    percent,
+    run_facts,
+)
 from training.config import DatasetSpec, EvalConfig
 from training.datasets import (
     BDD100KDataset,
@@ -63,8 +75,8 @@ class TargetResult:
 
     @property
     def miou(self) -> float:
-        """Mean IoU over the classes seen (NaN if nothing was counted)."""
-        return self.confusion.miou()
+        """Mean IoU by the target's rule (NaN if nothing was counted)."""
+        return self.confusion.miou(self.metrics.get("miou_rule", "mmseg"))
 
 
 def eval_scale(spec: DatasetSpec) -> tuple[int, int] | None:
@@ -163,10 +175,11 @@ def open_dataset(spec: DatasetSpec, *, role: str = "target", generate: bool = Fa
 
 
 def sample_grid(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], palette: Sequence[Sequence[int]],
-                max_width: int = 512) -> np.ndarray:
+                max_width: int = 512, class_names: Sequence[str] | None = None) -> np.ndarray:
     """Stack ``(image RGB, ground truth, prediction)`` rows side by side into one RGB grid.
 
-    Each row is scaled so that the three panels together are at most ``max_width * 3`` pixels wide.
+    Each row is scaled so that the three panels together are at most ``max_width * 3`` pixels wide; with
+    ``class_names``, a colour legend (the same palette) goes below.
     """
     pal = tuple(tuple(int(v) for v in c) for c in palette)
     panels = []
@@ -180,17 +193,21 @@ def sample_grid(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], palet
         panels.append(np.concatenate([img, gt_rgb, pred_rgb], axis=1))
     width = max(p.shape[1] for p in panels)
     padded = [np.pad(p, ((0, 2), (0, width - p.shape[1]), (0, 0))) for p in panels]
+    if class_names is not None:
+        legend = legend_image(class_names, palette, width)
+        padded.append(np.pad(legend, ((0, 0), (0, max(0, width - legend.shape[1])), (0, 0)))[:, :width])
     return np.concatenate(padded, axis=0)
 
 
 def evaluate_target(segmenter: Segmenter, dataset: SegmentationDataset, scale: tuple[int, int] | None, *,
                     ctx: DistContext | None = None, max_images: int | None = None, num_samples: int = 0,
-                    input_sizes: Counter[tuple[int, int]] | None = None,
+                    input_sizes: Counter[tuple[int, int]] | None = None, progress: ProgressLog | None = None,
                     ) -> tuple[ConfusionMatrix, list[tuple[np.ndarray, ...]]]:
     """Accumulate the confusion matrix of ``segmenter`` over ``dataset`` (this rank's share under DDP).
 
     ``input_sizes``, when given, counts the (height, width) the images reach the segmenter with (after the
     resize to ``scale``), over all ranks: with the segmenter's protocol they give the windows per image.
+    ``progress`` is told of every image of this rank, and of the slide windows within one.
 
     Returns:
         The (all-reduced) confusion matrix and, on rank 0, up to ``num_samples`` (image, gt, pred) rows.
@@ -202,6 +219,7 @@ def evaluate_target(segmenter: Segmenter, dataset: SegmentationDataset, scale: t
     count = len(dataset) if max_images is None else min(len(dataset), max_images)
     samples: list[tuple[np.ndarray, ...]] = []
     sizes: Counter[tuple[int, int]] = Counter()
+    segmenter.on_window = progress.partial if progress is not None else None
     for index in range(ctx.rank, count, ctx.world_size):
         raw = dataset.load(index)
         item = transform(raw)
@@ -214,6 +232,9 @@ def evaluate_target(segmenter: Segmenter, dataset: SegmentationDataset, scale: t
         cm.update(pred, raw["label"])
         if ctx.is_main and len(samples) < num_samples:
             samples.append((raw["image"], raw["label"], pred))
+        if progress is not None:
+            progress.update()
+    segmenter.on_window = None
     if ctx.distributed:
         counts = torch.from_numpy(cm.counts_array()).to(ctx.device)
         torch.distributed.all_reduce(counts)
@@ -231,25 +252,29 @@ def write_target_report(out_dir: Path, result: TargetResult, class_names: Sequen
                         samples: Sequence[tuple[np.ndarray, ...]], palette: Sequence[Sequence[int]]) -> None:
     """``iou.md``, ``iou.json`` and (if there are samples) ``samples.png`` under ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = format_table(result.confusion, class_names)
-    header = f"# {result.name}\n\n"
-    if "inference" in result.metrics:
-        header += f"Inference: {result.metrics['inference']['summary']}\n\n"
-    if "ground_truth" in result.metrics:
-        gt = result.metrics["ground_truth"]
-        header += f"Ground truth: {gt['labels']}; label map {gt['label_map']} ({gt['label_map_source']})\n\n"
+    m = result.metrics
+    rule = m.get("miou_rule", "mmseg")
+    table = class_table(result.confusion, class_names, rule)
+    gt = m.get("ground_truth")
+    gt_text = (f"{gt['dataset']} `{gt['root']}` split {gt['split']}, {gt['labels']}; label map {gt['label_map']} "
+               f"({gt['label_map_source']})" if gt else None)
+    facts = run_facts(model=m.get("model", {}), backend=m.get("decoder_backend", "torch"),
+                      inference=m.get("inference", {}).get("summary"), ground_truth=gt_text, rule=rule)
+    header = f"# {result.name}\n\n" + "\n".join([*facts, f"- images: {m.get('images', 'n/a')}"]) + "\n\n"
     (out_dir / "iou.md").write_text(f"{header}{table}\n", encoding="utf-8")
-    (out_dir / "iou.json").write_text(json.dumps(result.metrics, indent=1), encoding="utf-8")
+    (out_dir / "iou.json").write_text(json.dumps(m, indent=1), encoding="utf-8")
     if samples:
-        grid = sample_grid(samples, palette)
+        grid = sample_grid(samples, palette, class_names=class_names)
         cv2.imwrite(str(out_dir / "samples.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
 
 
 def evaluate_targets(model: MFuser, targets: Sequence[DatasetSpec], cfg: EvalConfig, out_dir: str | Path, *,
-                     ctx: DistContext | None = None, generate: bool = False) -> dict[str, TargetResult]:
+                     ctx: DistContext | None = None, generate: bool = False,
+                     model_file: str | Path | None = None) -> dict[str, TargetResult]:
     """Evaluate ``model`` on every target and write the reports under ``out_dir/<target name>/``.
 
-    The model is left in eval mode; callers that keep training switch it back.
+    ``model_file`` is the whole-model file ``model`` came from (its digest goes into the reports; None: weights
+    in training). The model is left in eval mode; callers that keep training switch it back.
     """
     ctx = ctx or DistContext()
     out_dir = Path(out_dir)
@@ -257,16 +282,23 @@ def evaluate_targets(model: MFuser, targets: Sequence[DatasetSpec], cfg: EvalCon
     segmenter = Segmenter(model, mode=cfg.mode, crop_size=cfg.crop_size, stride=cfg.stride, device=device,
                           precision=cfg.precision)
     class_names = list(model.config.class_names)
+    model_record = (model_file_record(model_file) if model_file else
+                    {"file": None, "tensors_sha256": None, "note": "weights in training (no model file)"})
     results: dict[str, TargetResult] = {}
     summary: dict[str, Any] = {}
     for spec in targets:
         dataset = open_dataset(spec, role="target", generate=generate, ctx=ctx)
         scale = eval_scale(spec)
         sizes: Counter[tuple[int, int]] = Counter()
+        images = len(dataset) if spec.max_images is None else min(len(dataset), spec.max_images)
+        share = len(range(ctx.rank, images, ctx.world_size))
+        progress = ProgressLog(share, spec.name, _log.info) if ctx.is_main else None
         cm, samples = evaluate_target(segmenter, dataset, scale, ctx=ctx, max_images=spec.max_images,
-                                      num_samples=cfg.num_samples, input_sizes=sizes)
-        metrics = cm.to_dict(class_names)
-        metrics["images"] = len(dataset) if spec.max_images is None else min(len(dataset), spec.max_images)
+                                      num_samples=cfg.num_samples, input_sizes=sizes, progress=progress)
+        metrics = cm.to_dict(class_names, rule=spec.miou_rule)
+        metrics["images"] = images
+        metrics["model"] = model_record
+        metrics["decoder_backend"] = decoder_backend_name(model)
         metrics["ground_truth"] = dataset.ground_truth_info()
         resize = f"resized keeping the ratio to fit {scale[0]}x{scale[1]} (w x h)" if scale else "native size"
         metrics["inference"] = {**segmenter.protocol.record(sizes),
@@ -277,7 +309,10 @@ def evaluate_targets(model: MFuser, targets: Sequence[DatasetSpec], cfg: EvalCon
         summary[spec.name] = metrics["mIoU"]
         if ctx.is_main:
             write_target_report(out_dir / spec.name, result, class_names, samples, model.config.palette)
-            _log.info("%s: mIoU %.2f over %d images", spec.name, 100 * cm.miou(), metrics["images"])
+            gt = metrics["ground_truth"]
+            _log.info("%s: mIoU %s (%s rule) over %d images; labels %s, label map %s (%s)", spec.name,
+                      percent(result.miou), spec.miou_rule, metrics["images"], gt["labels"], gt["label_map"],
+                      gt["label_map_source"])
     if ctx.is_main and results:
         (out_dir / "summary.json").parent.mkdir(parents=True, exist_ok=True)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from mfuser_model.errors import MFuserError
+from mfuser_model.report import percent
 from mfuser_model.resources import require_file
 from mfuser_model.threads import add_threads_argument, apply_threads
 
@@ -97,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MFuserError as err:
         print(f"mfuser-train: {err}", file=sys.stderr)
         return 2
-    summary = ", ".join(f"{k} {100 * v:.2f}" for k, v in result.eval.items())
+    summary = ", ".join(f"{k} {percent(v)}" for k, v in result.eval.items())
     print(f"done: {result.iterations} iterations in {result.run_dir}; model {result.model_path}"
           + (f"; mIoU {summary}" if summary else ""))
     return 0

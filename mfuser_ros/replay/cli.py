@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mfuser_model.errors import MFuserError
+from mfuser_model.report import percent
 from mfuser_model.threads import add_threads_argument
 from mfuser_ros.node.config import load_node_config, node_config_from_params
+from mfuser_ros.node.shutdown import ShutdownSignals, leave_process
 from mfuser_ros.replay.options import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -68,6 +70,9 @@ def add_replay_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gt-key", choices=("stamp", "index"), default="stamp", help="how --gt-dir files are named")
     p.add_argument("--gt-format", choices=("labelids", "trainids"), default="trainids",
                    help="ground truth holds Cityscapes labelIds or train ids (default)")
+    p.add_argument("--miou-rule", choices=("mmseg", "bdd100k"), default="mmseg",
+                   help="classes the mIoU averages over: mmseg (default, the paper's: present in ground truth or "
+                        "prediction) or bdd100k (present in the ground truth, as BDD100K's toolkit)")
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="output bag storage")
     p.add_argument("--realtime", action="store_true", help="play at the recorded rate and drop frames as the node")
     p.add_argument("--rate", type=float, default=1.0, help="playback speed factor for --realtime")
@@ -75,7 +80,8 @@ def add_replay_arguments(p: argparse.ArgumentParser) -> None:
                    help="outputs besides labels and camera_info (default: color)")
     p.add_argument("--montage-rows", type=int, default=8, help="sampled frames in montage.png (0: none)")
     p.add_argument("--max-frames", type=int, default=0, help="stop after this many camera frames (0: all)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress (default: a bar on a terminal, else a log line on stderr every 10 s)")
 
 
 def options_from_args(args: argparse.Namespace) -> ReplayOptions:
@@ -98,9 +104,10 @@ def options_from_args(args: argparse.Namespace) -> ReplayOptions:
         raise ReplayError(msg)
     return ReplayOptions(bag=args.bag, out=args.out, node=node, topics=tuple(args.topics),
                          gt_topics=_parse_gt_topics(args.gt_topic), gt_dir=args.gt_dir, gt_key=args.gt_key,
-                         gt_format=args.gt_format, storage=args.storage, realtime=args.realtime, rate=args.rate,
+                         gt_format=args.gt_format, miou_rule=args.miou_rule, storage=args.storage,
+                         realtime=args.realtime, rate=args.rate,
                          outputs=tuple(args.outputs), montage_rows=args.montage_rows, max_frames=args.max_frames,
-                         progress=not args.no_progress and sys.stderr.isatty())
+                         progress=not args.no_progress)
 
 
 def _print_result(result: ReplayResult) -> None:
@@ -111,13 +118,13 @@ def _print_result(result: ReplayResult) -> None:
           f"{s['frames']['failed']} failed, {s['frames']['evaluated']} evaluated")
     for name, cam in s["cameras"].items():
         m = cam["metrics"]
-        miou = f"{100 * m['mIoU']:.2f}" if m and m["mIoU"] is not None else "n/a"
-        print(f"  {name or '/'}: {cam['frames_out']} frames, mIoU {miou}")
+        print(f"  {name or '/'}: {cam['frames_out']} frames, mIoU {percent(m['mIoU'] if m else None)}")
     if s["frames"]["gt_failed"] or s["frames"]["undecodable"]:
         print(f"skipped: {s['frames']['undecodable']} camera and {s['frames']['gt_failed']} ground-truth messages "
               "that could not be used (first error of each topic: metrics.json unusable_messages)", file=sys.stderr)
     if overall and overall["mIoU"] is not None:
-        print(f"overall mIoU {100 * overall['mIoU']:.2f}, pixel accuracy {100 * overall['aAcc']:.2f}")
+        print(f"overall mIoU {percent(overall['mIoU'])} ({overall['miou_rule']} rule), mean class accuracy "
+              f"{percent(overall['mAcc'])}, pixel accuracy {percent(overall['aAcc'])}")
     if lat["p50"] is not None:
         print(f"latency ms p50 {lat['p50']:.1f} p95 {lat['p95']:.1f} p99 {lat['p99']:.1f}; "
               f"throughput {s['throughput_fps']:.2f} frames/s")
@@ -128,23 +135,37 @@ def _print_result(result: ReplayResult) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``mfuser-replay`` (and ``ros2 run mfuser_ros mfuser_replay``)."""
-    args = build_parser().parse_args(argv)
+    """Entry point of ``mfuser-replay`` (and ``ros2 run mfuser_ros mfuser_replay``).
+
+    SIGINT and SIGTERM (``docker stop``, a scheduler's kill) are handled alike: while the model loads, the process
+    exits at once with 130 (no traceback, nothing written yet); once the replay runs, it stops after the frame in
+    progress and finishes the output bag and a report marked partial, exit 130; a second signal a second or more
+    later leaves at once, also 130.
+    """
+    signals = ShutdownSignals(exit_code=EXIT_INTERRUPTED).install()
     try:
+        args = build_parser().parse_args(argv)
         options = options_from_args(args)
         check_inputs(options)  # before torch and rosbags load: a mistyped path fails at once
         from mfuser_model.threads import apply_threads  # noqa: PLC0415
         from mfuser_ros.replay.runner import run_replay  # noqa: PLC0415 - torch, OpenCV, rosbags
 
         apply_threads(options.node.thread_option)  # before torch loads (see mfuser_model.threads)
-        result = run_replay(options)
+        result = run_replay(options, signals=signals)
     except MFuserError as err:
         print(f"mfuser-replay: error: {err}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("mfuser-replay: interrupted before any frame was replayed", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if not signals.requested:  # after a signal the process is on its way out: a repeat must not traceback
+            signals.restore()
     _print_result(result)
+    if signals.requested:
+        # Bag and report are finished. Leave without the interpreter's teardown (seconds for torch): Python gives
+        # SIGINT back to the system default there, so the second Ctrl-C of a double press would end it with -2.
+        leave_process(result.exit_code)
     return result.exit_code
 
 

@@ -7,7 +7,6 @@ mIoU and a training-time mIoU on the same frames are the same number.
 from __future__ import annotations
 
 import json
-import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,8 @@ from mfuser_model.classes import (
     colorize,
 )
 from mfuser_model.errors import MFuserError
-from mfuser_model.metrics import ConfusionMatrix, format_table
+from mfuser_model.metrics import ConfusionMatrix
+from mfuser_model.report import class_table, legend_image, percent, run_facts
 from mfuser_ros.replay.options import GtFormat
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "gt_lut",
     "label_message_to_array",
     "latency_summary",
+    "metric_cells",
     "to_train_ids",
     "write_report",
 ]
@@ -74,6 +75,11 @@ def to_train_ids(values: np.ndarray, fmt: GtFormat, lut: np.ndarray, where: str)
     return lut[values]
 
 
+def _label_files(folder: Path) -> dict[int, Path]:
+    """``<number>.png`` files of ``folder`` by their number."""
+    return {int(p.stem): p for p in folder.glob("*.png") if p.stem.isdigit()}
+
+
 def label_message_to_array(msg: Any, where: str) -> np.ndarray:
     """A ground-truth label message (mono8/8UC1 Image, or PNG CompressedImage) -> (H, W) uint8 values."""
     if hasattr(msg, "format"):
@@ -96,36 +102,58 @@ def label_message_to_array(msg: Any, where: str) -> np.ndarray:
 
 
 class GroundTruthDir:
-    """Label PNGs on disk: ``ROOT/<camera>/<key>.png`` (or ``ROOT/<key>.png`` for a single camera).
+    """Label PNGs on disk, matched per camera: ``ROOT/<camera>/<key>.png``, or ``ROOT/<key>.png`` when only one
+    camera is replayed.
 
     ``<camera>`` is the camera's output namespace without the leading ``/`` (``/front`` -> ``front``); ``<key>`` is
     the header stamp in nanoseconds (``key="stamp"``) or the frame's index on its topic (``key="index"``, also
-    zero-padded, e.g. ``000042.png``).
+    zero-padded, e.g. ``000042.png``). A camera without its folder has no ground truth, unless it is the only
+    camera, when PNGs directly in ``ROOT`` are its labels.
+
+    Raises:
+        MFuserError: ``root`` is not a folder; PNGs lie directly in ``ROOT`` while several cameras are replayed and
+            a camera has no folder of its own (whose labels would they be?); or no camera has any label PNG.
     """
 
-    def __init__(self, root: str | Path, key: Literal["stamp", "index"] = "stamp") -> None:
+    def __init__(self, root: str | Path, key: Literal["stamp", "index"] = "stamp",
+                 cameras: Sequence[str] = ("",)) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             msg = f"--gt-dir: {self.root} is not a directory"
             raise MFuserError(msg)
         self.key = key
-        self._index: dict[str, dict[int, Path]] = {}
-
-    def _files(self, camera: str) -> dict[int, Path]:
-        if camera not in self._index:
+        flat = _label_files(self.root)
+        self.folders: dict[str, Path | None] = {}
+        for camera in cameras:
             folder = self.root / camera.strip("/")
-            if not camera.strip("/") or not folder.is_dir():
-                folder = self.root
-            files = {}
-            for p in folder.glob("*.png"):
-                if p.stem.isdigit():
-                    files[int(p.stem)] = p
-            self._index[camera] = files
-        return self._index[camera]
+            self.folders[camera] = folder if camera.strip("/") and folder.is_dir() else None
+        unmapped = [c for c, f in self.folders.items() if f is None]
+        if flat and unmapped:
+            if len(self.folders) > 1:
+                msg = (f"--gt-dir {self.root}: holds {len(flat)} label PNGs directly, but {len(self.folders)} "
+                       f"cameras are replayed ({', '.join(c or '/' for c in self.folders)}) and "
+                       f"{', '.join(c or '/' for c in unmapped)} {'has' if len(unmapped) == 1 else 'have'} no "
+                       f"folder of its own: every camera would be scored against the same labels. Put each "
+                       f"camera's labels in {self.root}/<camera>/ ("
+                       f"{', '.join(c.strip('/') + '/' for c in self.folders if c.strip('/'))}), or replay one "
+                       "camera (--topics)")
+                raise MFuserError(msg)
+            self.folders[unmapped[0]] = self.root
+        self._index = {c: (flat if f == self.root else _label_files(f)) if f is not None else {}
+                       for c, f in self.folders.items()}
+        if not any(self._index.values()):
+            wanted = ", ".join(f"{self.root / c.strip('/')}/" for c in self.folders if c.strip("/"))
+            msg = (f"--gt-dir {self.root}: no label PNG (<{key}>.png) for any camera; looked in "
+                   f"{wanted or self.root}")
+            raise MFuserError(msg)
+
+    def describe(self) -> dict[str, str | None]:
+        """camera -> the folder its labels come from (None: it has none)."""
+        return {c: (str(f) if f is not None else None) for c, f in self.folders.items()}
 
     def find(self, camera: str, stamp_ns: int, index: int) -> Path | None:
         """The label file of a frame, or None."""
-        return self._files(camera).get(stamp_ns if self.key == "stamp" else index)
+        return self._index.get(camera, {}).get(stamp_ns if self.key == "stamp" else index)
 
     @staticmethod
     def read(path: Path) -> np.ndarray:
@@ -241,19 +269,24 @@ class _Row:
 
 
 class Montage:
-    """Sampled frames drawn as rows: input | prediction | ground truth | errors (red = wrong, black = ignored).
+    """Sampled frames drawn as rows: input | prediction | ground truth | errors (red = wrong, black = ignored),
+    with a colour legend (class id, name, colour) at the bottom.
 
     Args:
         every: keep every ``every``-th frame of each camera, up to ``max_rows`` rows in all.
         tile_width: width of each tile in pixels.
+        palette / class_names: the colours the node draws with (its ``color_palette`` parameter, else the
+            model's palette) and the model's class names.
     """
 
     def __init__(self, every: int, max_rows: int = 8, tile_width: int = 256,
-                 palette: tuple[tuple[int, int, int], ...] = CITYSCAPES_PALETTE) -> None:
+                 palette: tuple[tuple[int, int, int], ...] = CITYSCAPES_PALETTE,
+                 class_names: Sequence[str] = CITYSCAPES_CLASSES) -> None:
         self.every = max(1, every)
         self.max_rows = max_rows
         self.tile_width = tile_width
         self.palette = palette
+        self.class_names = tuple(class_names)
         self.rows: list[_Row] = []
         self._by_key: dict[tuple[str, int], _Row] = {}
 
@@ -309,7 +342,9 @@ class Montage:
             cv2.putText(header, title, (i * self.tile_width + 4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
                         (255, 255, 255), 1, cv2.LINE_AA)
         padded = [np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0))) for r in tiles_rows]
-        return np.concatenate([header, *padded], axis=0)
+        legend = legend_image(self.class_names, self.palette, width)[:, :width]
+        legend = np.pad(legend, ((0, 0), (0, width - legend.shape[1]), (0, 0)))
+        return np.concatenate([header, *padded, legend], axis=0)
 
     def save(self, path: Path) -> bool:
         """Write the montage PNG; False when there is nothing to draw."""
@@ -322,12 +357,14 @@ class Montage:
         return True
 
 
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
-
-
 def _ms(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.1f}"
+
+
+def metric_cells(m: dict[str, Any] | None, lat: dict[str, Any]) -> str:
+    """The ``mIoU | mAcc | aAcc | p50 | p95 | p99`` cells of a report row (the fleet report's too)."""
+    return " | ".join([*(percent(m[k] if m else None) for k in ("mIoU", "mAcc", "aAcc")),
+                       _ms(lat["p50"]), _ms(lat["p95"]), _ms(lat["p99"])])
 
 
 def write_report(out_dir: Path, summary: dict[str, Any], evaluator: Evaluator | None,
@@ -344,12 +381,18 @@ def write_report(out_dir: Path, summary: dict[str, Any], evaluator: Evaluator | 
         lines += [f"> **PARTIAL** — {summary['partial_reason']}", ">",
                   f"> The numbers below cover the {summary['frames']['processed']} frames processed before that.",
                   ""]
+    model = summary["model"]
+    rule = summary.get("miou_rule", "mmseg")
+    note = f"preset `{model['preset']}` with random weights (no model file)"
+    facts = run_facts(model={"file": model["checkpoint"], "tensors_sha256": model.get("tensors_sha256"), "note": note},
+                      backend=model.get("decoder_backend", "torch"),
+                      inference=(model.get("inference") or {}).get("summary"),
+                      ground_truth=f"{summary['gt']['summary']}" if "summary" in summary["gt"] else None, rule=rule)
     lines += [
         f"- input bag: `{summary['bag']}`",
         f"- output bag: `{summary['output_bag']}` ({summary['storage']})",
-        f"- model: `{summary['model']['checkpoint'] or summary['model']['preset']}` on {summary['model']['device']}",
-        f"- mode: {summary['mode']}",
-        *([f"- inference: {summary['model']['inference']['summary']}"] if summary["model"].get("inference") else []),
+        *facts,
+        f"- device: {model['device']}; mode: {summary['mode']}",
         f"- frames: {summary['frames']['read']} read, {summary['frames']['processed']} segmented, "
         f"{summary['frames']['dropped']} dropped, {summary['frames']['failed']} failed, "
         f"{summary['frames']['evaluated']} with ground truth",
@@ -357,28 +400,22 @@ def write_report(out_dir: Path, summary: dict[str, Any], evaluator: Evaluator | 
         "",
         "## Per camera",
         "",
-        "| camera | topic | frames | evaluated | mIoU | aAcc | latency p50 | p95 | p99 (ms) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| camera | topic | frames | evaluated | mIoU | mAcc | aAcc | latency p50 | p95 | p99 (ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, cam in summary["cameras"].items():
-        lat = cam["latency_ms"]
         lines.append(f"| {name or '/'} | `{cam['topic']}` | {cam['frames_out']} | {cam['evaluated']} | "
-                     f"{_pct(cam['metrics']['mIoU'] if cam['metrics'] else None)} | "
-                     f"{_pct(cam['metrics']['aAcc'] if cam['metrics'] else None)} | "
-                     f"{_ms(lat['p50'])} | {_ms(lat['p95'])} | {_ms(lat['p99'])} |")
-    lat = summary["overall"]["latency_ms"]
-    overall = summary["overall"]["metrics"]
+                     + metric_cells(cam["metrics"], cam["latency_ms"]) + " |")
     lines.append(f"| **all** | | {summary['frames']['processed']} | {summary['frames']['evaluated']} | "
-                 f"{_pct(overall['mIoU'] if overall else None)} | {_pct(overall['aAcc'] if overall else None)} | "
-                 f"{_ms(lat['p50'])} | {_ms(lat['p95'])} | {_ms(lat['p99'])} |")
+                 + metric_cells(summary["overall"]["metrics"], summary["overall"]["latency_ms"]) + " |")
     lines += ["", f"Latency: {summary['latency_definition']}", ""]
     if evaluator is not None and summary["frames"]["evaluated"]:
-        lines += ["## Per-class IoU, all cameras (percent)", "", format_table(evaluator.overall(),
-                                                                               evaluator.class_names), ""]
+        lines += ["## Per-class IoU and accuracy, all cameras", "", class_table(evaluator.overall(),
+                                                                                 evaluator.class_names, rule), ""]
         for name, cm in evaluator.matrices.items():
             if evaluator.frames[name]:
-                lines += [f"## Per-class IoU, camera `{name or '/'}` (percent)", "",
-                          format_table(cm, evaluator.class_names), ""]
+                lines += [f"## Per-class IoU and accuracy, camera `{name or '/'}`", "",
+                          class_table(cm, evaluator.class_names, rule), ""]
     else:
         lines += ["No ground truth was matched, so there are no accuracy metrics.", ""]
     if montage_file:

@@ -156,7 +156,8 @@ def settings_fingerprint(options: ReplayOptions) -> tuple[str, dict[str, Any]]:
                               "sha256": _file_digest(options.node.checkpoint)}
     replay = {"topics": list(options.topics), "gt_topics": dict(sorted(options.gt_topics.items())),
               "gt_dir": str(options.gt_dir) if options.gt_dir else None, "gt_key": options.gt_key,
-              "gt_format": options.gt_format, "storage": options.storage, "realtime": options.realtime,
+              "gt_format": options.gt_format, "miou_rule": options.miou_rule, "storage": options.storage,
+              "realtime": options.realtime,
               "rate": options.rate, "outputs": list(options.outputs), "montage_rows": options.montage_rows,
               "max_frames": options.max_frames}
     settings = {"node": node, "replay": replay}

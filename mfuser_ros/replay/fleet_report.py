@@ -20,8 +20,9 @@ import numpy as np
 
 from mfuser_model.errors import MFuserError
 from mfuser_model.fileio import atomic_path
-from mfuser_model.metrics import ConfusionMatrix, format_table
-from mfuser_ros.replay.evaluation import _ms, _pct
+from mfuser_model.metrics import MIOU_RULES, ConfusionMatrix, MiouRule
+from mfuser_model.report import class_table, percent
+from mfuser_ros.replay.evaluation import metric_cells
 from mfuser_ros.replay.frame_log import FrameRecord, worst_frames
 from mfuser_ros.replay.latency_sketch import LatencySketch
 from mfuser_ros.replay.options import EXIT_INTERRUPTED, EXIT_OK
@@ -205,16 +206,16 @@ def read_bag_record(path: Path) -> BagRecord:
 
 
 # -- merge ----------------------------------------------------------------------------------------------------------
-def _metrics(cm: ConfusionMatrix | None, names: Sequence[str]) -> dict[str, Any] | None:
+def _metrics(cm: ConfusionMatrix | None, names: Sequence[str], rule: MiouRule) -> dict[str, Any] | None:
     if cm is None or cm.counts_array().sum() == 0:
         return None
-    out = cm.to_dict(names)
-    out["confusion_counts"] = cm.counts_array().tolist()
-    return out
+    return cm.to_dict(names, rule)
 
 
-def merge_records(records: Sequence[BagRecord], worst: int = 10) -> dict[str, Any]:
+def merge_records(records: Sequence[BagRecord], worst: int = 10, rule: MiouRule = "mmseg") -> dict[str, Any]:
     """The fleet summary: overall, per camera and per bag; the worst bags and frames; the failed bags.
+
+    mIoUs follow ``rule`` (:data:`mfuser_model.metrics.MIOU_RULES`).
 
     Raises:
         MFuserError: the bags were scored with different class lists.
@@ -248,10 +249,10 @@ def merge_records(records: Sequence[BagRecord], worst: int = 10) -> dict[str, An
                      "resumed": r.resumed, "attempts": r.attempts, "report": r.report,
                      "frames": sum(c.frames for c in r.cameras.values()),
                      "evaluated": sum(c.evaluated for c in r.cameras.values()),
-                     "metrics": _metrics(bag_cm, names), "latency_ms": bag_lat.summary(),
+                     "metrics": _metrics(bag_cm, names, rule), "latency_ms": bag_lat.summary(),
                      "wall_s": r.wall_s, "model_s": r.model_s, "worker": r.worker})
     cameras = {ns: {"bags": e["bags"], "frames": e["frames"], "evaluated": e["evaluated"],
-                    "metrics": _metrics(e["cm"], names), "latency_ms": e["lat"].summary(),
+                    "metrics": _metrics(e["cm"], names, rule), "latency_ms": e["lat"].summary(),
                     "latency_sketch": e["lat"].to_dict()} for ns, e in sorted(per_camera.items())}
     scored = [b for b in bags if b["metrics"] and b["metrics"]["mIoU"] is not None]
     scored.sort(key=lambda b: (b["metrics"]["mIoU"], b["bag_id"]))
@@ -260,13 +261,14 @@ def merge_records(records: Sequence[BagRecord], worst: int = 10) -> dict[str, An
     worst_list = worst_frames([f for _, f in frames], worst)
     return {
         "class_names": list(names),
+        "miou_rule": rule,
         "bags_total": len(records),
         "bags_ok": sum(r.status == "ok" for r in records),
         "bags_partial": sum(r.status == "partial" for r in records),
         "bags_failed": sum(r.status == "failed" for r in records),
         "bags_resumed": sum(r.resumed for r in records),
         "overall": {"frames": sum(b["frames"] for b in bags), "evaluated": sum(b["evaluated"] for b in bags),
-                    "metrics": _metrics(overall_cm, names), "latency_ms": overall_lat.summary(),
+                    "metrics": _metrics(overall_cm, names, rule), "latency_ms": overall_lat.summary(),
                     "latency_sketch": overall_lat.to_dict(),
                     "latency_relative_accuracy": overall_lat.relative_accuracy},
         "cameras": cameras,
@@ -290,12 +292,6 @@ def write_fleet_report(out_dir: Path, merged: dict[str, Any], job: dict[str, Any
     return json_path, md_path
 
 
-def _cells(m: dict[str, Any] | None, lat: dict[str, Any]) -> str:
-    """The mIoU | aAcc | p50 | p95 | p99 cells of a table row."""
-    return (f"{_pct(m['mIoU'] if m else None)} | {_pct(m['aAcc'] if m else None)} | "
-            f"{_ms(lat['p50'])} | {_ms(lat['p95'])} | {_ms(lat['p99'])}")
-
-
 def _markdown(merged: dict[str, Any], job: dict[str, Any]) -> list[str]:
     lines = ["# MFuser fleet replay report", ""]
     if job["interrupted"]:
@@ -304,7 +300,9 @@ def _markdown(merged: dict[str, Any], job: dict[str, Any]) -> list[str]:
     lines += [
         f"- bags: {merged['bags_total']} ({merged['bags_ok']} ok, {merged['bags_partial']} partial, "
         f"{merged['bags_failed']} failed, {merged['bags_resumed']} taken from an earlier run)",
-        f"- model: `{job['model']}`; settings fingerprint `{job['fingerprint']}`",
+        f"- model: `{job['model']}` (tensors sha256 `{job.get('model_tensors_sha256') or 'none recorded'}`); "
+        f"decoder backend {job.get('decoder_backend', 'torch')}; settings fingerprint `{job['fingerprint']}`",
+        f"- mIoU rule: {MIOU_RULES[merged.get('miou_rule', 'mmseg')]}",
         f"- ran on: {job['cluster']}, {job['workers']} workers, "
         f"{job['cpus_per_bag']} CPU / {job['gpus_per_bag']} GPU per bag, "
         f"retries {job['retries']}",
@@ -316,41 +314,45 @@ def _markdown(merged: dict[str, Any], job: dict[str, Any]) -> list[str]:
         "of the exact value), never a mean of bag percentiles",
         "",
         "## Overall", "",
-        "| | frames | evaluated | mIoU | aAcc | latency p50 | p95 | p99 (ms) |", "|---|---|---|---|---|---|---|---|",
-        f"| **all** | {o['frames']} | {o['evaluated']} | " + _cells(o["metrics"], o["latency_ms"]) + " |", "",
-        "## Per camera (summed over bags)", "",
-        "| camera | bags | frames | evaluated | mIoU | aAcc | latency p50 | p95 | p99 (ms) |",
+        "| | frames | evaluated | mIoU | mAcc | aAcc | latency p50 | p95 | p99 (ms) |",
         "|---|---|---|---|---|---|---|---|---|",
+        f"| **all** | {o['frames']} | {o['evaluated']} | " + metric_cells(o["metrics"], o["latency_ms"]) + " |", "",
+        "## Per camera (summed over bags)", "",
+        "| camera | bags | frames | evaluated | mIoU | mAcc | aAcc | latency p50 | p95 | p99 (ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for ns, c in merged["cameras"].items():
         lines.append(f"| {ns or '/'} | {c['bags']} | {c['frames']} | {c['evaluated']} | "
-                     + _cells(c["metrics"], c["latency_ms"]) + " |")
+                     + metric_cells(c["metrics"], c["latency_ms"]) + " |")
     lines += ["", "## Per bag", "",
-              "| bag | status | frames | evaluated | mIoU | aAcc | latency p50 | p95 | p99 (ms) | wall s | report |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| bag | status | frames | evaluated | mIoU | mAcc | aAcc | latency p50 | p95 | p99 (ms) | wall s "
+              "| report |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for b in merged["bags"]:
         status = b["status"] + (" (earlier run)" if b["resumed"] else "") + (f": {b['reason']}" if b["reason"] else "")
         lines.append(f"| `{b['bag_id']}` | {status} | {b['frames']} | {b['evaluated']} | "
-                     + _cells(b["metrics"], b["latency_ms"]) + f" | {b['wall_s']:.1f} | [report]({b['report']}) |")
+                     + metric_cells(b["metrics"], b["latency_ms"])
+                     + f" | {b['wall_s']:.1f} | [report]({b['report']}) |")
     if merged["failed"]:
         lines += ["", "## Failed bags", "", "| bag | attempts | why |", "|---|---|---|"]
         for f in merged["failed"]:
             reason = (f["reason"] or "").replace("\n", " ").replace("|", "\\|")
             lines.append(f"| `{f['bag']}` | {f['attempts']} | {reason} |")
     lines += ["", "## Worst bags (lowest mIoU)", ""]
-    lines += [f"{i}. `{b['bag_id']}` mIoU {_pct(b['mIoU'])} — [report]({b['report']})"
+    lines += [f"{i}. `{b['bag_id']}` mIoU {percent(b['mIoU'])} — [report]({b['report']})"
               for i, b in enumerate(merged["worst_bags"], 1)] or ["No bag had ground truth."]
     lines += ["", "## Worst frames (lowest frame mIoU)", ""]
     if merged["worst_frames"]:
         lines += ["| bag | camera | frame | stamp (s) | mIoU | aAcc | report |", "|---|---|---|---|---|---|---|"]
         lines += [f"| `{f['bag_id']}` | {f['camera'] or '/'} | {f['index']} | {f['stamp_ns'] / 1e9:.3f} | "
-                  f"{_pct(f['miou'])} | {_pct(f['accuracy'])} | [report]({f['report']}) |"
+                  f"{percent(f['miou'])} | {percent(f['accuracy'])} | [report]({f['report']}) |"
                   for f in merged["worst_frames"]]
     else:
         lines.append("No frame had ground truth.")
     metrics = merged["overall"]["metrics"]
     if metrics:
         cm = ConfusionMatrix(len(merged["class_names"]))
-        cm.add_counts(np.asarray(metrics["confusion_counts"], dtype=np.int64))
-        lines += ["", "## Per-class IoU, all bags and cameras (percent)", "", format_table(cm, merged["class_names"])]
+        cm.add_counts(np.asarray(metrics["confusion_matrix"], dtype=np.int64))
+        lines += ["", "## Per-class IoU and accuracy, all bags and cameras", "",
+                  class_table(cm, merged["class_names"], merged.get("miou_rule", "mmseg"))]
     return lines

@@ -54,13 +54,14 @@ class ReplayOptions:
         gt_topics: ``camera_topic -> label_topic``; cameras not listed use ``<camera>/ground_truth/labels``.
         gt_dir / gt_key: folder of label PNGs keyed by header stamp (ns) or frame index.
         gt_format: ground-truth values are Cityscapes ``labelids`` or ``trainids``.
+        miou_rule: which classes the mIoU averages over (``mmseg``, or ``bdd100k`` as BDD100K's toolkit).
         storage: output bag storage, ``mcap`` or ``sqlite3``.
         realtime / rate: play at the recorded rate (scaled) with the node's frame dropping.
         outputs: optional outputs to write besides labels (``color``, ``overlay``, ``confidence``,
             ``labels/compressed``, ``color/compressed``, ``overlay/compressed``).
         montage_rows: most sampled frames in the montage (0 = no montage).
         max_frames: stop after this many camera frames (0 = all).
-        progress: show a progress bar on stderr.
+        progress: show progress on stderr (a bar on a terminal, else a log line every 10 s).
     """
 
     bag: Path
@@ -71,6 +72,7 @@ class ReplayOptions:
     gt_dir: Path | None = None
     gt_key: Literal["stamp", "index"] = "stamp"
     gt_format: GtFormat = "trainids"
+    miou_rule: Literal["mmseg", "bdd100k"] = "mmseg"  # mfuser_model.metrics.MIOU_RULES
     storage: Literal["mcap", "sqlite3"] = "mcap"
     realtime: bool = False
     rate: PosFloat = 1.0

@@ -15,8 +15,8 @@ overlay, confidence and the ``<kind>/compressed`` topics), and ``<camera>/mfuser
 size, paired by stamp) when the bag has the camera's CameraInfo topic; ``metrics.json`` (with the legend);
 ``report.md``; ``montage.png``; ``frames.csv`` (one row per frame: latency, and the frame's mIoU and pixel accuracy
 where it met ground truth). Ground truth comes from label topics (``<camera>/ground_truth/labels``, mono8,
-matched by header stamp) or a folder of PNGs (``--gt-dir``). Ctrl-C, or a bag that breaks off, still leaves a
-valid bag and a report marked partial.
+matched by header stamp) or a folder of PNGs (``--gt-dir``). Ctrl-C, SIGTERM, or a bag that breaks off, still
+leaves a valid bag and a report marked partial.
 """
 
 from __future__ import annotations
@@ -34,11 +34,13 @@ import numpy as np
 from mfuser_model.classes import palette_to_hex
 from mfuser_model.errors import MFuserError
 from mfuser_model.inference import InferenceProtocol
+from mfuser_model.report import decoder_backend_name, model_file_record
 from mfuser_ros.node.camera_info import CameraInfoData
 from mfuser_ros.node.config import NodeConfig, output_topic
 from mfuser_ros.node.conversions import message_to_rgb
 from mfuser_ros.node.model_loader import LoadedModel, load_model
 from mfuser_ros.node.pipeline import CameraOutputs, FrameWorker, Wanted, stamp_ns
+from mfuser_ros.node.shutdown import ShutdownSignals
 from mfuser_ros.replay.bagio import (
     CAMERA_INFO_TYPE,
     COMPRESSED_TYPE,
@@ -73,6 +75,7 @@ from mfuser_ros.replay.options import (  # the options live apart so that the CL
     ReplayOptions,
 )
 from mfuser_ros.replay.player import Player
+from mfuser_ros.replay.progress import ReplayProgress
 
 __all__ = [
     "EXIT_BAG_DAMAGED",
@@ -118,32 +121,6 @@ def _gt_topic_for(namespace: str) -> str:
     return f"{namespace}/{GT_SUFFIX}" if namespace else f"/{GT_SUFFIX}"
 
 
-class _Progress:
-    """tqdm on stderr when asked, a no-op otherwise (tests, pipes)."""
-
-    def __init__(self, total: int | None, enabled: bool) -> None:
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm  # noqa: PLC0415
-
-            self.bar = tqdm(total=total, unit="frame", desc="replay", dynamic_ncols=True, file=sys.stderr,
-                            smoothing=0.1)
-
-    def update(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def write(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 class _ReplaySink:
     """The node's OutputSink for a bag: writes outputs, evaluates, records latency. Thread-safe."""
 
@@ -178,8 +155,8 @@ class _Run:
     """State of one replay: the pending input frames, evaluation, latency and the output bag."""
 
     def __init__(self, options: ReplayOptions, cameras: list[str], topics: list[str], namespaces: list[str],
-                 gt_topics: dict[str, int], out_bag: BagOutput, progress: _Progress, expected: int,
-                 palette: tuple[tuple[int, int, int], ...]) -> None:
+                 gt_topics: dict[str, int], out_bag: BagOutput, progress: ReplayProgress, expected: int,
+                 loaded: LoadedModel, gt_dir: GroundTruthDir | None) -> None:
         import threading  # noqa: PLC0415
 
         self.options = options
@@ -194,10 +171,10 @@ class _Run:
         self.read = [0] * len(cameras)
         self.latency: list[list[float]] = [[] for _ in cameras]
         self.input_sizes: list[Counter[tuple[int, int]]] = [Counter() for _ in cameras]  # decoded (h, w) -> frames
-        self.evaluator = Evaluator(namespaces)
+        self.evaluator = Evaluator(namespaces, loaded.class_names)
         self.matchers = [StampMatcher() for _ in cameras]
         self.lut = gt_lut(options.gt_format)
-        self.gt_dir = GroundTruthDir(options.gt_dir, options.gt_key) if options.gt_dir else None
+        self.gt_dir = gt_dir
         self.gt_missing = [0] * len(cameras)
         self.gt_failed = [0] * len(cameras)  # ground-truth messages that could not be used (corrupt, bad values)
         self.undecodable = [0] * len(cameras)  # camera messages whose bytes do not deserialize
@@ -206,7 +183,7 @@ class _Run:
         per_camera = max(1, expected // max(1, len(cameras)))
         rows_per_camera = max(1, options.montage_rows // max(1, len(cameras)))
         self.montage = Montage(every=max(1, per_camera // rows_per_camera), max_rows=options.montage_rows,
-                               palette=palette)
+                               palette=loaded.palette, class_names=loaded.class_names)
         self.label_times: list[OrderedDict[int, int]] = [OrderedDict() for _ in cameras]  # stamp -> labels' log time
         self.info_topics: dict[str, int] = {}  # CameraInfo topic in the bag -> camera
         self.clock_ns: Callable[[], int] = time.time_ns
@@ -382,6 +359,26 @@ def _inference_summary(worker: FrameWorker, sizes: Counter[tuple[int, int]]) -> 
     return {**protocol.record(sizes), "summary": protocol.describe(sizes)}
 
 
+def _backend(worker: FrameWorker, config: NodeConfig) -> str:
+    """The decode head's backend as attached to the model (the configured one for a segmenter without a model)."""
+    model = getattr(worker.pipeline.segmenter, "model", None)
+    return decoder_backend_name(model) if model is not None else config.decoder_backend
+
+
+def _gt_summary(options: ReplayOptions, run: _Run) -> dict[str, Any]:
+    """Where each camera's ground truth came from, and how its values became train ids."""
+    table = ("Cityscapes labelIds -> train ids (cityscapesscripts helpers/labels.py)" if options.gt_format == "labelids"
+             else "train ids as stored")
+    if run.gt_dir is not None:
+        per_camera = {ns: f"{d}/<{options.gt_key}>.png" if d else None for ns, d in run.gt_dir.describe().items()}
+    else:
+        per_camera = {run.namespaces[c]: f"topic {t}" for t, c in run.gt_topics.items()}
+    text = "; ".join(f"{ns or '/'}: {where or 'none'}" for ns, where in per_camera.items()) or "none in the bag"
+    return {"source": str(options.gt_dir) if options.gt_dir else "topics", "format": options.gt_format,
+            "topics": {run.cameras[c]: t for t, c in run.gt_topics.items()} if options.gt_dir is None else {},
+            "cameras": per_camera, "label_map": table, "summary": f"{text} ({table})"}
+
+
 def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: NodeConfig, out_bag: Path,
              wall_s: float, partial_reason: str | None, damaged: str | None) -> dict[str, Any]:
     names = run.evaluator.class_names
@@ -397,12 +394,14 @@ def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: Nod
             "frames_out": stats.frames_out,
             "dropped": stats.dropped,
             "failed": stats.errors,
+            # read, but neither processed, failed nor dropped: the run stopped (Ctrl-C, SIGTERM) before them
+            "unfinished": max(0, run.read[i] - stats.frames_out - stats.errors - stats.dropped),
             "last_error": stats.last_error or None,
             "evaluated": evaluated,
             "gt_unmatched": (run.matchers[i].unmatched_preds if run.gt_dir is None else run.gt_missing[i]),
             "gt_failed": run.gt_failed[i],
             "undecodable": run.undecodable[i],
-            "metrics": run.evaluator.matrices[ns].to_dict(names) if evaluated else None,
+            "metrics": run.evaluator.matrices[ns].to_dict(names, options.miou_rule) if evaluated else None,
             "latency_ms": latency_summary(run.latency[i]),
             "camera_info": _camera_info_summary(run, worker, i),
             "inference": _inference_summary(worker, run.input_sizes[i]),
@@ -419,13 +418,15 @@ def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: Nod
         "mode": f"realtime (rate {options.rate:g})" if options.realtime else "evaluation (no frame dropped)",
         "model": {"checkpoint": config.checkpoint or None, "preset": config.preset or None, "device": config.device,
                   "precision": config.precision, "inference_mode": config.inference_mode,
-                  "max_batch": config.max_batch,
+                  "max_batch": config.max_batch, "decoder_backend": _backend(worker, config),
+                  "tensors_sha256": model_file_record(config.checkpoint)["tensors_sha256"],
                   "inference": _inference_summary(worker, sum(run.input_sizes, Counter()))},
-        "gt": {"source": str(options.gt_dir) if options.gt_dir else "topics", "format": options.gt_format,
-               "topics": {run.cameras[c]: t for t, c in run.gt_topics.items()} if options.gt_dir is None else {}},
+        "gt": _gt_summary(options, run),
+        "miou_rule": options.miou_rule,
         "frames": {"read": sum(run.read), "processed": processed,
                    "dropped": sum(s.dropped for s in worker.stats), "failed": sum(s.errors for s in worker.stats),
-                   "evaluated": evaluated_total, "undecodable": sum(run.undecodable), "gt_failed": sum(run.gt_failed)},
+                   "unfinished": sum(c["unfinished"] for c in cams.values()), "evaluated": evaluated_total,
+                   "undecodable": sum(run.undecodable), "gt_failed": sum(run.gt_failed)},
         "unusable_messages": dict(run.first_errors),  # topic -> the first error
         "wall_s": wall_s,
         "throughput_fps": processed / wall_s if wall_s > 0 else 0.0,
@@ -434,7 +435,7 @@ def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: Nod
                                if options.realtime else
                                "per frame: decode + model call of its batch + encode + bag write (no queueing)"),
         "cameras": cams,
-        "overall": {"metrics": run.evaluator.overall().to_dict(names) if evaluated_total else None,
+        "overall": {"metrics": run.evaluator.overall().to_dict(names, options.miou_rule) if evaluated_total else None,
                     "latency_ms": latency_summary(all_latency)},
         "class_names": list(names),
         "palette": list(palette_to_hex(run.montage.palette)),  # the colour outputs' and montage's legend
@@ -442,7 +443,7 @@ def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: Nod
 
 
 def run_replay(options: ReplayOptions, *, loaded: LoadedModel | None = None,
-               on_frame: Callable[[int], None] | None = None) -> ReplayResult:
+               on_frame: Callable[[int], None] | None = None, signals: ShutdownSignals | None = None) -> ReplayResult:
     """Replay a bag through the node's frame pipeline and write the output bag and report.
 
     Args:
@@ -450,6 +451,8 @@ def run_replay(options: ReplayOptions, *, loaded: LoadedModel | None = None,
         loaded: an already loaded model (else built from ``options.node``).
         on_frame: called with the number of camera frames read so far, after each one is handed to the
             pipeline (tests interrupt here).
+        signals: SIGINT/SIGTERM handling (the CLI's), told when the replay runs; from then on a signal stops the
+            replay after the frame in progress, and the bag and report are finished, marked partial.
 
     Raises:
         ReplayError: no camera topics, unknown topics, or the output bag already exists.
@@ -475,18 +478,21 @@ def run_replay(options: ReplayOptions, *, loaded: LoadedModel | None = None,
                 gt = explicit_gt.get(topic) or _gt_topic_for(ns)
                 if gt in topics:
                     gt_topics[gt] = i
+        # Matched per camera before the model loads: an ambiguous folder is refused at once.
+        gt_dir = GroundTruthDir(options.gt_dir, options.gt_key, namespaces) if options.gt_dir else None
         if loaded is None:
             loaded = load_model(config)
         expected_counts = [topics[t].count for t in cameras]
         expected = sum(expected_counts) if all(c is not None for c in expected_counts) else None
         if options.max_frames and expected is not None:
             expected = min(expected, options.max_frames)
-        progress = _Progress(expected, options.progress)
+        progress = ReplayProgress(expected, options.progress)
+        progress.watch(loaded.pipeline.segmenter)
         # Outputs are recorded with the QoS the node offers; inputs get theirs below.
         out_bag = BagOutput(out_bag_path, storage=options.storage,
                             default_qos=(ros2_qos(config.output_qos, config.output_qos_depth),))
         run = _Run(options, cameras, list(topics), namespaces, gt_topics, out_bag, progress, expected or 0,
-                   loaded.palette)
+                   loaded, gt_dir)
         run.info_topics = {t: i for i, t in enumerate(config.camera_info_topic_names())
                            if t in topics and topics[t].msgtype == CAMERA_INFO_TYPE}
         # Bag order, not wall time, decides whether a CameraInfo came: frames wait until the end of the bag.
@@ -498,7 +504,7 @@ def run_replay(options: ReplayOptions, *, loaded: LoadedModel | None = None,
         out_bag.open()
         for topic in [*cameras, *gt_topics, *run.info_topics]:  # copied inputs keep the QoS they were recorded with
             out_bag.set_qos(topic, topics[topic].qos)
-        player = Player(run, worker, loaded, config)
+        player = Player(run, worker, loaded, config, signals)  # from now on a signal stops the replay in order
         try:
             partial, exit_code = _play(bag, run, player, gt_topics, on_frame)
             if partial is None and (short := _frames_short(run, expected_counts, options.max_frames)):
@@ -526,6 +532,8 @@ def _play(bag: BagInput, run: _Run, player: Player, gt_topics: dict[str, int],
     try:
         topics = run.cameras + list(gt_topics) + list(run.info_topics)
         for timestamp, message in bag.messages(topics, on_undecodable=lambda t, _, e: run.unusable(t, e)):
+            if player.stopping():
+                break
             _copy_input(run.out_bag, bag, timestamp, message)
             if message.topic in gt_topics:
                 run.on_gt(gt_topics[message.topic], message)
@@ -542,13 +550,22 @@ def _play(bag: BagInput, run: _Run, player: Player, gt_topics: dict[str, int],
                 on_frame(frames_read)
             if run.options.max_frames and frames_read >= run.options.max_frames:
                 break
-        player.finish()
-        player.worker.camera_infos.finish()
+        if not player.stopping():
+            player.finish()
+            player.worker.camera_infos.finish()
     except KeyboardInterrupt:
-        return (f"interrupted (Ctrl-C) after {frames_read} camera frames; the rest of the bag was not replayed",
-                EXIT_INTERRUPTED)
+        return _interrupted("Ctrl-C", frames_read)
     except BagReadError as err:
+        if player.stopping():
+            return _interrupted(player.signals.reason, frames_read)
         player.finish()  # the frames read before the damage are whole: the last batch is processed too
         player.worker.camera_infos.finish()
         return f"the input bag breaks off: {err}", EXIT_BAG_DAMAGED
+    if player.stopping():
+        return _interrupted(player.signals.reason, frames_read)
     return None, EXIT_OK
+
+
+def _interrupted(why: str, frames_read: int) -> tuple[str, int]:
+    return (f"interrupted ({why}) after {frames_read} camera frames; the rest of the bag was not replayed "
+            "(frames read but not finished: frames.unfinished)", EXIT_INTERRUPTED)

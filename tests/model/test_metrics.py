@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from mfuser_model.classes import CITYSCAPES_CLASSES, IGNORE_INDEX
-from mfuser_model.metrics import ConfusionMatrix, format_table
+from mfuser_model.metrics import MIOU_RULES, ConfusionMatrix
+from mfuser_model.report import class_table, percent
 
 
 def _noisy_prediction(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -63,6 +64,57 @@ def test_matches_cityscapes_official_evaluator(tmp_path):
             assert iou[train_id] == pytest.approx(value, abs=1e-9)
     official_mean = ev.getScoreAverage({str(k): v for k, v in official.items()}, args)
     assert ours.miou() == pytest.approx(official_mean, abs=1e-9)
+
+
+def _bdd100k_toolkit(pairs, num_classes):
+    """Per-class IoU and mIoU as BDD100K's toolkit computes them (bdd100k/eval/seg.py, bdd100k 1.0.1 on PyPI),
+    written independently of ConfusionMatrix: a square histogram one larger than the class count whose last
+    row and column are "ignored" (ground truth 255 maps there and is dropped; predictions past the last id map
+    there too), IoU 0/0 -> 0, and the mean over the classes seen in any ground-truth image."""
+    size = num_classes + 1
+    hist = np.zeros((size, size))
+    seen = set()
+    for pred, gt in pairs:
+        g = gt.astype(np.int64).ravel()
+        g[g == IGNORE_INDEX] = size - 1
+        seen |= set(np.unique(g).tolist()) - {size - 1}
+        p = pred.astype(np.int64).ravel()
+        p[p >= size] = size - 1
+        keep = (g >= 0) & (g < size - 1)
+        hist += np.bincount(size * g[keep] + p[keep], minlength=size**2).reshape(size, size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ious = np.diag(hist) / (hist.sum(1) + hist.sum(0) - np.diag(hist))
+    ious[np.isnan(ious)] = 0
+    ious = ious[:-1]
+    return ious, float(np.mean(ious[sorted(seen)]))
+
+
+def test_bdd100k_toolkit_rule_matches_an_independent_implementation():
+    from mfuser_model.synthetic.scenes import render_scene
+
+    rng = np.random.default_rng(3)
+    pairs = []
+    for i in range(3):
+        _, gt = render_scene(np.random.default_rng([11, i]), 40, 80, "day")
+        gt = gt.copy()
+        gt[gt == 16] = IGNORE_INDEX  # no train in the ground truth ...
+        pred = _noisy_prediction(gt, rng)
+        pred[:4, :6] = 16  # ... but predicted: 0 in mmseg's mean, left out of the toolkit's
+        pred[-3:, -5:] = 19  # an id past the classes (the toolkit's "ignored" column)
+        pairs.append((pred, gt))
+    cm = ConfusionMatrix(19)
+    for pred, gt in pairs:
+        cm.update(pred, gt)
+    ious, mean = _bdd100k_toolkit(pairs, 19)
+    np.testing.assert_allclose(cm.iou("bdd100k"), ious, rtol=0, atol=1e-12)
+    assert cm.miou("bdd100k") == pytest.approx(mean, abs=1e-12)
+    assert not cm.gt_present()[16] and cm.iou("mmseg")[16] == 0.0
+    assert cm.miou("mmseg") < cm.miou("bdd100k")  # the predicted-but-absent class pulls mmseg's mean down
+    d = cm.to_dict(CITYSCAPES_CLASSES, rule="bdd100k")
+    assert d["mIoU"] == pytest.approx(mean) and d["miou_rule"] == "bdd100k"
+    assert d["mIoU_by_rule"]["mmseg"] == pytest.approx(cm.miou("mmseg"))
+    with pytest.raises(ValueError, match="not one of"):
+        cm.miou("toolkit")
 
 
 def test_absent_classes_are_nan_and_skipped_in_the_mean():
@@ -118,14 +170,22 @@ def test_rejects_bad_input():
 
 def test_to_dict_and_table():
     cm = ConfusionMatrix()
-    cm.update(np.array([0, 13, 13]), np.array([0, 13, 10]))
+    cm.update(np.array([0, 13, 13, 0]), np.array([0, 13, 10, 0]))
     d = cm.to_dict()
     assert d["IoU"]["road"] == 1.0
     assert d["IoU"]["car"] == 0.5
     assert d["IoU"]["train"] is None
-    assert d["pixels"] == 3
-    table = format_table(cm)
+    assert d["Acc"]["sky"] == 0.0 and d["Acc"]["car"] == 1.0 and d["Acc"]["train"] is None
+    assert d["mAcc"] == pytest.approx(2 / 3) and d["aAcc"] == pytest.approx(3 / 4)
+    assert d["pixels"] == 4 and d["miou_rule"] == "mmseg" and d["miou_rule_text"] == MIOU_RULES["mmseg"]
+    assert np.asarray(d["confusion_matrix"]).shape == (19, 20) and d["confusion_matrix"][10][13] == 1
+    table = class_table(cm, CITYSCAPES_CLASSES)
     lines = table.splitlines()
-    assert len(lines) == 2 + len(CITYSCAPES_CLASSES) + 1
-    assert "| car " in table and "50.00" in table
-    assert "nan" in lines[2 + CITYSCAPES_CLASSES.index("train")]
+    assert "| car " in table and "50.00%" in table
+    assert "n/a" in lines[2 + CITYSCAPES_CLASSES.index("train")]
+    # The mean row holds mean class accuracy (66.67%), not pixel accuracy (75.00%), which has its own row.
+    mean_row = next(line for line in lines if line.startswith("| **mean**"))
+    all_row = next(line for line in lines if line.startswith("| **all pixels**"))
+    assert "66.67%" in mean_row and "75.00%" not in mean_row and "75.00%" in all_row
+    assert "mmseg rule" in table
+    assert percent(0.8193) == "81.93%" and percent(None) == "n/a" and percent(float("nan")) == "n/a"

@@ -25,7 +25,7 @@ from mfuser_ros.node.config import NodeConfig
 from mfuser_ros.node.model_loader import load_model
 from mfuser_ros.replay.demo_bag import DemoCamera, make_demo_bag
 from mfuser_ros.replay.fleet_jobs import FleetError, bag_id, expand_bags
-from mfuser_ros.replay.fleet_report import read_bag_record
+from mfuser_ros.replay.fleet_report import merge_records, read_bag_record
 from mfuser_ros.replay.frame_log import read_frames_csv
 from mfuser_ros.replay.runner import EXIT_ERROR, EXIT_OK, ReplayOptions, run_replay
 
@@ -90,14 +90,14 @@ def test_one_job_over_three_bags_sums_the_single_bag_confusion_matrices(three_ba
     merged = result.merged
     assert (merged["bags_ok"], merged["bags_failed"], merged["bags_resumed"]) == (3, 0, 0)
     expected = sum(_counts(r) for r in single_runs)
-    np.testing.assert_array_equal(merged["overall"]["metrics"]["confusion_counts"], expected)
+    np.testing.assert_array_equal(merged["overall"]["metrics"]["confusion_matrix"], expected)
     cm = ConfusionMatrix(19)
     cm.add_counts(expected)
     assert merged["overall"]["metrics"]["mIoU"] == pytest.approx(cm.miou(), abs=1e-12)
     bag_mious = [r.summary["overall"]["metrics"]["mIoU"] for r in single_runs]
     assert merged["overall"]["metrics"]["mIoU"] != pytest.approx(float(np.mean(bag_mious)), abs=1e-9)
     for ns in ("/cam_game", "/cam_fog"):
-        np.testing.assert_array_equal(merged["cameras"][ns]["metrics"]["confusion_counts"],
+        np.testing.assert_array_equal(merged["cameras"][ns]["metrics"]["confusion_matrix"],
                                       sum(_counts(r, ns) for r in single_runs))
         assert merged["cameras"][ns]["frames"] == 6
     for record, single in zip(result.records, single_runs, strict=True):
@@ -121,6 +121,11 @@ def test_one_job_over_three_bags_sums_the_single_bag_confusion_matrices(three_ba
     for heading in ("## Overall", "## Per camera", "## Per bag", "## Worst bags", "## Worst frames"):
         assert heading in report
     assert json.loads(result.metrics_json.read_text())["job"]["bags_run"] == 3
+    # The merged report names its mIoU rule; the BDD100K toolkit's is one merge away from the same counts.
+    assert "- mIoU rule: mmseg rule" in report and "| mIoU | mAcc | aAcc |" in report
+    assert merged["miou_rule"] == "mmseg" and merged["overall"]["metrics"]["miou_rule"] == "mmseg"
+    bdd = merge_records(result.records, rule="bdd100k")["overall"]["metrics"]
+    assert bdd["mIoU"] == pytest.approx(cm.miou("bdd100k"), abs=1e-12) and bdd["miou_rule"] == "bdd100k"
 
 
 def test_a_resumed_job_skips_complete_bags_and_reruns_the_rest(three_bag_job, bags, base, tmp_path):
@@ -129,16 +134,16 @@ def test_a_resumed_job_skips_complete_bags_and_reruns_the_rest(three_bag_job, ba
     first = three_bag_job
     again = run_fleet(_fleet(bags, base, out), log=lambda _: None)
     assert again.merged["bags_resumed"] == 3 and again.job["bags_run"] == 0 and again.exit_code == EXIT_OK
-    np.testing.assert_array_equal(again.merged["overall"]["metrics"]["confusion_counts"],
-                                  first.merged["overall"]["metrics"]["confusion_counts"])
+    np.testing.assert_array_equal(again.merged["overall"]["metrics"]["confusion_matrix"],
+                                  first.merged["overall"]["metrics"]["confusion_matrix"])
     # A bag whose result is missing (the job died while it ran) is replayed; its stale outputs are cleared.
     redo = out / "bags" / bag_id(bags[1])
     (redo / "fleet_result.json").unlink()
     third = run_fleet(_fleet(bags, base, out), log=lambda _: None)
     assert third.merged["bags_resumed"] == 2 and third.job["bags_run"] == 1
     assert [b["bag_id"] for b in third.merged["bags"] if not b["resumed"]] == [bag_id(bags[1])]
-    np.testing.assert_array_equal(third.merged["overall"]["metrics"]["confusion_counts"],
-                                  first.merged["overall"]["metrics"]["confusion_counts"])
+    np.testing.assert_array_equal(third.merged["overall"]["metrics"]["confusion_matrix"],
+                                  first.merged["overall"]["metrics"]["confusion_matrix"])
     # --redo replays a complete bag (its old outputs go first: the runner refuses to overwrite an output bag).
     redone = run_fleet(_fleet(bags[:1], base, out, redo=True), log=lambda _: None)
     assert redone.exit_code == EXIT_OK and redone.merged["bags_resumed"] == 0 and redone.job["bags_run"] == 1
@@ -178,9 +183,11 @@ def test_a_crashing_worker_loses_only_its_own_bag(ray_session, bags, base, tmp_p
     assert set(failed) == {"crash", "broken.mcap"}
     report = result.report_md.read_text(encoding="utf-8")
     assert "## Failed bags" in report and "worker died" in report
+    # Three deaths (crash twice, flaky once): at most one fresh worker per retry, none for the last death.
+    assert 2 < result.job["workers_started"] <= 2 + 2
     # Only complete bags count, and a failed bag leaves no result a resume would trust.
     ok = [by_bag["drive0"], by_bag["flaky"]]
-    np.testing.assert_array_equal(result.merged["overall"]["metrics"]["confusion_counts"],
+    np.testing.assert_array_equal(result.merged["overall"]["metrics"]["confusion_matrix"],
                                   sum(r.matrix().counts_array() for r in ok))
     assert not (tmp_path / "job" / "bags" / bag_id(crash) / "fleet_result.json").exists()
     assert read_bag_record(tmp_path / "job" / "bags" / bag_id(flaky) / "fleet_result.json").attempts == 2
@@ -201,6 +208,7 @@ def test_a_bag_past_its_timeout_is_stopped_and_listed(ray_session, bags, base, t
     assert time.monotonic() - t0 < 120
     assert result.exit_code == EXIT_ERROR
     assert result.records[0].status == "failed" and "timed out after 4 s" in result.records[0].reason
+    assert result.job["workers_started"] == 1  # nothing left to replay: the killed worker is not replaced
 
 
 def test_command_line_reads_a_bag_list(ray_session, bags, base, tmp_path, capsys):
@@ -255,7 +263,7 @@ def test_in_process_job_needs_no_ray_and_merges_retries_and_resumes_alike(bags, 
     assert {(r.worker["pid"], r.worker["model_loads"]) for r in result.records if r.status == "ok"} == {
         (os.getpid(), by_bag["drive0"].worker["model_loads"])}
     expected = sum(_counts(r) for r in single_runs) + by_bag["flaky"].matrix().counts_array()
-    np.testing.assert_array_equal(result.merged["overall"]["metrics"]["confusion_counts"], expected)
+    np.testing.assert_array_equal(result.merged["overall"]["metrics"]["confusion_matrix"], expected)
     # The command line: Ray's options are refused with --in-process; a rerun resumes (only the broken bag again).
     assert main([str(bags[0]), "--out", str(out), "--checkpoint", str(CHECKPOINT), "--in-process",
                  "--bag-timeout-s", "5"]) == EXIT_ERROR
@@ -265,7 +273,7 @@ def test_in_process_job_needs_no_ray_and_merges_retries_and_resumes_alike(bags, 
     assert code == EXIT_OK, capsys.readouterr().err
     merged = json.loads((out / "fleet_metrics.json").read_text())
     assert (merged["bags_resumed"], merged["job"]["bags_run"]) == (4, 0)
-    np.testing.assert_array_equal(merged["overall"]["metrics"]["confusion_counts"], expected)
+    np.testing.assert_array_equal(merged["overall"]["metrics"]["confusion_matrix"], expected)
 
 
 def test_an_unreachable_cluster_address_fails_at_once_with_its_name():

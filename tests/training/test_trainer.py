@@ -212,7 +212,10 @@ def test_frozen_encoders_stay_out_of_the_checkpoint(tmp_path: Path, source_root:
 
 
 def test_a_nan_loss_stops_training_with_the_iteration_named(tmp_path: Path, source_root: Path):
-    cfg = tiny_config(tmp_path, source_root, loss={"num_points": 64, "cls": float("nan")})
+    with pytest.raises(ConfigError, match=r"loss.cls: value nan must be >= 0"):  # a config cannot ask for it
+        tiny_config(tmp_path, source_root, loss={"num_points": 64, "cls": float("nan")})
+    cfg = tiny_config(tmp_path, source_root)
+    object.__setattr__(cfg.loss, "cls", float("nan"))  # past the config's range check, to make the loss NaN
     with pytest.raises(TrainingError, match=r"non-finite loss at iteration 1 .*loss_cls"):
         train(cfg)
 
@@ -283,3 +286,10 @@ def test_sample_grid_puts_image_ground_truth_and_prediction_side_by_side():
     assert grid.shape == (2 * 22, 90, 3)
     assert tuple(grid[0, 0]) == (7, 7, 7)
     assert tuple(grid[0, 30]) == CITYSCAPES_PALETTE[0] and tuple(grid[0, 60]) == CITYSCAPES_PALETTE[10]
+    # With the class names, the colour legend (the same palette) goes below: one swatch per class id.
+    from mfuser_model.classes import CITYSCAPES_CLASSES
+
+    legend = sample_grid([(image, gt, pred)], CITYSCAPES_PALETTE, class_names=CITYSCAPES_CLASSES)[22:]
+    assert legend.shape[1] == 90 and legend.shape[0] >= 19 * 18
+    assert tuple(legend[3 + 6, 4 + 7]) == CITYSCAPES_PALETTE[0]
+    assert tuple(legend[18 * 10 + 3 + 6, 4 + 7]) == CITYSCAPES_PALETTE[10]
