@@ -14,7 +14,8 @@ Printed per job: wall time, bags per minute, Ray start-up, and the overhead agai
 time in worker-seconds: (workers x job wall - summed model time) / summed model time. It holds everything that is
 not a model call: Ray and worker start-up (one model load per worker), bag I/O, decode/encode, evaluation,
 reports, scheduling. The machine's load average is printed before and after: on a shared machine the 2-worker
-figure is bounded by the cores that are actually free.
+figure is bounded by the cores that are actually free. Each job's own summed model time is printed too: when it
+differs much from the single-bag runs', the load changed between the phases (or the workers contend for cores).
 """
 
 from __future__ import annotations
@@ -82,10 +83,12 @@ def main() -> int:
         steady = (workers * (job["wall_s"] - job["ray_start_s"]) - model_s) / model_s
         print(f"fleet, {workers} worker{'s' if workers > 1 else ' '}: {job['wall_s']:6.2f} s, "
               f"{job['bags_per_minute']:6.2f} bags/min; Ray start-up {job['ray_start_s']:.2f} s; overhead vs summed "
-              f"model time {100 * overhead:.0f} % ({100 * steady:.0f} % without Ray start-up)")
+              f"model time {100 * overhead:.0f} % ({100 * steady:.0f} % without Ray start-up); its bags' own model "
+              f"time {job['sum_model_s']:.2f} s")
     overhead = (here.job["wall_s"] - model_s) / model_s
     print(f"fleet, --in-process (no Ray): {here.job['wall_s']:6.2f} s, {here.job['bags_per_minute']:6.2f} bags/min; "
-          f"overhead vs summed model time {100 * overhead:.0f} %")
+          f"overhead vs summed model time {100 * overhead:.0f} %; its bags' own model time "
+          f"{here.job['sum_model_s']:.2f} s")
     ratio = jobs[2]["bags_per_minute"] / jobs[1]["bags_per_minute"]
     print(f"scaling 1 -> 2 workers: {ratio:.2f}x bags/min (ideal 2.00x on 2 free cores)")
     return 0

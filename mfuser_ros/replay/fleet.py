@@ -34,7 +34,7 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -226,63 +226,81 @@ class _Running:
     timed_out: bool = False
 
 
-def _dispatch(ray: Any, jobs: Sequence[BagJob], spawn: Callable[[], Any], n_workers: int, retries: int,
-              timeout_s: float, done: Callable[[BagRecord], None], log: Callable[[str], None]) -> None:
-    """Keep every worker busy with one bag until all bags have a record; replace workers that die.
-
-    Bounded: a bag is tried at most ``retries + 1`` times, and each wait returns within a second.
-    """
+def _outcome(ray: Any, ref: Any, run: _Running, timeout_s: float) -> tuple[BagRecord, bool, bool]:
+    """(record, retryable, whether the worker died) of one finished call."""
     from ray.exceptions import RayActorError, RayError  # noqa: PLC0415
 
+    try:
+        data, retryable = ray.get(ref)
+        return BagRecord.from_dict(data, f"result of {run.job.bag}"), retryable, False
+    except RayActorError as err:
+        why = (f"timed out after {timeout_s:g} s" if run.timed_out
+               else f"the worker died: {str(err).strip().splitlines()[0]}")
+        return failed_record(str(run.job.bag), run.job.bag_id, why, run.attempt), True, True
+    except (RayError, MFuserError) as err:
+        reason = str(err).strip().splitlines()[-1]
+        return failed_record(str(run.job.bag), run.job.bag_id, reason, run.attempt), True, False
+
+
+def _stop_overdue(ray: Any, workers: Sequence[Any], running: Iterable[_Running], timeout_s: float) -> None:
+    """Kill the worker of every bag past ``timeout_s`` (0: no limit); its call then fails as timed out."""
+    now = time.monotonic()
+    for run in running:
+        if timeout_s > 0 and not run.timed_out and now - run.started > timeout_s:
+            run.timed_out = True
+            ray.kill(workers[run.worker], no_restart=True)
+
+
+def _dispatch(ray: Any, jobs: Sequence[BagJob], spawn: Callable[[], Any], n_workers: int, retries: int,
+              timeout_s: float, done: Callable[[BagRecord], None], log: Callable[[str], None]) -> int:
+    """Keep every worker busy with one bag until all bags have a record; replace workers that die.
+
+    A dead worker is replaced only when a bag waits for its slot and no live worker is idle: a new worker costs a
+    process start and a model load, wasted at the end of a job. Bounded: a bag is tried at most ``retries + 1``
+    times, and each wait returns within a second. Returns the workers started.
+    """
     queue = deque((job, 1) for job in jobs)
-    workers = [spawn() for _ in range(n_workers)]
+    workers: list[Any] = [spawn() for _ in range(n_workers)]  # None: died, not replaced yet
+    started = n_workers
     idle = list(range(n_workers))
     running: dict[Any, _Running] = {}
     try:
         while queue or running:
             while idle and queue:
+                idle.sort(key=lambda i: workers[i] is not None)  # live workers are taken first
                 w = idle.pop()
+                if workers[w] is None:
+                    workers[w] = spawn()  # a fresh process, which loads the model once
+                    started += 1
                 job, attempt = queue.popleft()
                 running[workers[w].run.remote(job, attempt)] = _Running(w, job, attempt, time.monotonic())
             ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
             for ref in ready:
                 run = running.pop(ref)
-                retryable = True
-                try:
-                    data, retryable = ray.get(ref)
-                    record = BagRecord.from_dict(data, f"result of {run.job.bag}")
-                except RayActorError as err:
-                    why = (f"timed out after {timeout_s:g} s" if run.timed_out
-                           else f"the worker died: {str(err).strip().splitlines()[0]}")
-                    record = failed_record(str(run.job.bag), run.job.bag_id, why, run.attempt)
+                record, retryable, died = _outcome(ray, ref, run, timeout_s)
+                if died:
                     # Unreachable is not always dead: make sure it no longer writes into the bag's folder.
                     ray.kill(workers[run.worker], no_restart=True)
-                    workers[run.worker] = spawn()  # a fresh process, which loads the model once
-                except (RayError, MFuserError) as err:
-                    record = failed_record(str(run.job.bag), run.job.bag_id, str(err).strip().splitlines()[-1],
-                                           run.attempt)
+                    workers[run.worker] = None
                 if record.status == "failed" and retryable and run.attempt <= retries:
                     log(f"{run.job.bag_id}: attempt {run.attempt} failed ({record.reason}); retrying")
                     queue.appendleft((run.job, run.attempt + 1))
                 else:
                     done(record)
                 idle.append(run.worker)
-            if timeout_s > 0:
-                now = time.monotonic()
-                for run in running.values():
-                    if not run.timed_out and now - run.started > timeout_s:
-                        run.timed_out = True
-                        ray.kill(workers[run.worker], no_restart=True)
+            _stop_overdue(ray, workers, running.values(), timeout_s)
     finally:
         for worker in workers:
-            ray.kill(worker, no_restart=True)
+            if worker is not None:
+                ray.kill(worker, no_restart=True)
+    return started
 
 
 def _run_on_ray(options: FleetOptions, todo: Sequence[BagJob], base: ReplayOptions, fingerprint: str, own_ray: bool,
                 address: str | None, where: str, on_frame: OnFrame | None, done: Callable[[BagRecord], None],
-                say: Callable[[str], None]) -> tuple[float, int]:
+                say: Callable[[str], None]) -> tuple[float, int, int]:
     """Replay ``todo`` on Ray workers (starting or joining Ray when this process has no session); returns
-    (seconds spent starting Ray, workers)."""
+    (seconds spent starting Ray, workers, workers started including replacements)."""
     ray_s = 0.0
     if own_ray:
         t0 = time.perf_counter()
@@ -305,11 +323,11 @@ def _run_on_ray(options: FleetOptions, todo: Sequence[BagJob], base: ReplayOptio
 
         say(f"mfuser-replay-fleet: {n_workers} workers on {where}; {options.cpus_per_bag:g} CPU, "
             f"{options.gpus_per_bag:g} GPU per bag")
-        _dispatch(ray, todo, spawn, n_workers, options.retries, options.bag_timeout_s, done, say)
+        started = _dispatch(ray, todo, spawn, n_workers, options.retries, options.bag_timeout_s, done, say)
     finally:
         if own_ray:
             ray.shutdown()
-    return ray_s, n_workers
+    return ray_s, n_workers, started
 
 
 def _run_here(worker: BagWorker, jobs: Sequence[BagJob], retries: int, done: Callable[[BagRecord], None],
@@ -373,7 +391,7 @@ def run_fleet(options: FleetOptions, *, on_frame: OnFrame | None = None,
     where = ("this process, without Ray" if options.in_process else
              "the Ray session of this process" if not own_ray else
              f"the Ray cluster at {address}" if address else "a local Ray instance (127.0.0.1)")
-    ray_s, interrupted, n_workers = 0.0, None, 0
+    ray_s, interrupted, n_workers, started = 0.0, None, 0, 0
     finished = [0]
 
     def done(record: BagRecord) -> None:
@@ -384,13 +402,13 @@ def run_fleet(options: FleetOptions, *, on_frame: OnFrame | None = None,
     base = replace(options.replay, progress=False)
     try:
         if todo and options.in_process:
-            n_workers = 1
+            n_workers = started = 1
             say(f"mfuser-replay-fleet: replaying the bags one after another in {where}")
             worker = BagWorker(base, fingerprint, options.out, options.worst, max(1, int(options.cpus_per_bag)),
                                on_frame)
             _run_here(worker, todo, options.retries, done, say)
         elif todo:
-            ray_s, n_workers = _run_on_ray(options, todo, base, fingerprint, own_ray, address, where, on_frame,
+            ray_s, n_workers, started = _run_on_ray(options, todo, base, fingerprint, own_ray, address, where, on_frame,
                                            done, say)
     except KeyboardInterrupt:
         left = len(todo) - finished[0]
@@ -404,7 +422,8 @@ def run_fleet(options: FleetOptions, *, on_frame: OnFrame | None = None,
            "decoder_backend": node.decoder_backend, "miou_rule": options.replay.miou_rule,
            "fingerprint": fingerprint, "settings": settings,
            "cluster": where,
-           "workers": n_workers, "cpus_per_bag": options.cpus_per_bag, "gpus_per_bag": options.gpus_per_bag,
+           "workers": n_workers, "workers_started": started,
+           "cpus_per_bag": options.cpus_per_bag, "gpus_per_bag": options.gpus_per_bag,
            "retries": options.retries, "bag_timeout_s": options.bag_timeout_s, "wall_s": wall_s, "ray_start_s": ray_s,
            "bags_run": len(ran), "bags_per_minute": 60 * len(ran) / wall_s if ran and wall_s > 0 else 0.0,
            "sum_model_s": sum(r.model_s for r in ran), "sum_bag_wall_s": sum(r.wall_s for r in ran),

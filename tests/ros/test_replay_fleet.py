@@ -183,6 +183,8 @@ def test_a_crashing_worker_loses_only_its_own_bag(ray_session, bags, base, tmp_p
     assert set(failed) == {"crash", "broken.mcap"}
     report = result.report_md.read_text(encoding="utf-8")
     assert "## Failed bags" in report and "worker died" in report
+    # Three deaths (crash twice, flaky once): at most one fresh worker per retry, none for the last death.
+    assert 2 < result.job["workers_started"] <= 2 + 2
     # Only complete bags count, and a failed bag leaves no result a resume would trust.
     ok = [by_bag["drive0"], by_bag["flaky"]]
     np.testing.assert_array_equal(result.merged["overall"]["metrics"]["confusion_matrix"],
@@ -206,6 +208,7 @@ def test_a_bag_past_its_timeout_is_stopped_and_listed(ray_session, bags, base, t
     assert time.monotonic() - t0 < 120
     assert result.exit_code == EXIT_ERROR
     assert result.records[0].status == "failed" and "timed out after 4 s" in result.records[0].reason
+    assert result.job["workers_started"] == 1  # nothing left to replay: the killed worker is not replaced
 
 
 def test_command_line_reads_a_bag_list(ray_session, bags, base, tmp_path, capsys):

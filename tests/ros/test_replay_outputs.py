@@ -125,3 +125,18 @@ def test_ros1_camera_info_is_copied_and_paired(tmp_path, scene, tiny_model):
     np.testing.assert_array_equal(copied.k, K)
     np.testing.assert_array_equal(paired.k, K)  # same size: unchanged
     assert stamp(paired) == 100 * 10**9 + 5 and paired.header.frame_id == "front"
+
+
+def test_the_montage_legend_and_metrics_take_the_color_palette_parameter(tmp_path, msgs, typestore, scene):
+    from mfuser_model.classes import CITYSCAPES_CLASSES, palette_from_hex
+    from mfuser_model.report import legend_image
+
+    bag = write_bag(tmp_path / "drive", msgs, typestore, scene, frames=2)
+    custom = tuple(f"#{10 * i:02X}{255 - 10 * i:02X}{7 * i:02X}" for i in range(19))
+    node = NodeConfig(preset="tiny-eva02", warmup=False, color_palette=custom)  # loaded by the replay itself
+    result = run_replay(ReplayOptions(bag=bag, out=tmp_path / "report", node=node, progress=False, montage_rows=2))
+    assert json.loads(result.metrics_json.read_text())["palette"] == list(custom)
+    montage = cv2.cvtColor(cv2.imread(str(result.montage_png)), cv2.COLOR_BGR2RGB)
+    width = montage.shape[1]
+    legend = legend_image(CITYSCAPES_CLASSES, palette_from_hex(custom), width)[:, :width]
+    np.testing.assert_array_equal(montage[-legend.shape[0]:, :legend.shape[1]], legend)
