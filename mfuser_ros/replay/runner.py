@@ -179,7 +179,7 @@ class _Run:
         self.gt_failed = [0] * len(cameras)  # ground-truth messages that could not be used (corrupt, bad values)
         self.undecodable = [0] * len(cameras)  # camera messages whose bytes do not deserialize
         self.first_errors: dict[str, str] = {}  # topic -> its first unusable message's error
-        self.frame_log = FrameLog()
+        self.frame_log = FrameLog(options.miou_rule)
         per_camera = max(1, expected // max(1, len(cameras)))
         rows_per_camera = max(1, options.montage_rows // max(1, len(cameras)))
         self.montage = Montage(every=max(1, per_camera // rows_per_camera), max_rows=options.montage_rows,

@@ -325,6 +325,9 @@ def test_flat_ground_truth_of_one_camera_report_states_what_was_measured(tmp_pat
     assert m["mIoU"] == pytest.approx(cm.miou("bdd100k")) and m["miou_rule"] == "bdd100k"
     assert m["mAcc"] == pytest.approx(cm.mean_class_accuracy()) and m["Acc"]["road"] is not None
     assert m["confusion_matrix"] == cm.counts_array().tolist()
+    frame0 = ConfusionMatrix(19)
+    frame0.update(tiny_model.pipeline.process(read_bag(bag)["/front/image_raw"][0][1]).labels.data, train[0])
+    assert result.frame_log.records[0].miou == pytest.approx(frame0.miou("bdd100k"))  # frames.csv: the same rule
     assert s["model"]["decoder_backend"] == "torch" and s["model"]["tensors_sha256"] is None
     report = result.report_md.read_text()
     assert "- decoder backend: torch" in report and "- mIoU rule: BDD100K toolkit rule" in report
