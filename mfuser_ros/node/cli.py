@@ -34,6 +34,9 @@ EXIT_CONFIG = 2
 
 def _import_lifecycle_node() -> Any:
     """The rclpy node module, or None after one line saying what to source or install (no traceback)."""
+    # torch loads with this module, before the 'threads' parameter is read: sleeping OpenMP waits, as the thread
+    # policy sets them when it runs first (mfuser_model.threads), unless the user chose a wait policy.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         from mfuser_ros.node import lifecycle_node  # noqa: PLC0415 - rclpy only for this transport
     except ModuleNotFoundError as err:

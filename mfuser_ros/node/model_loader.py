@@ -121,8 +121,9 @@ def startup_summary(config: NodeConfig) -> list[str]:
             f"out {outputs}",
             f"model: {model}; preset {config.preset or '(from the checkpoint)'}; device {config.device}; precision "
             f"{config.precision}; decoder backend {config.decoder_backend}",
-            f"input: {size}; output {'x'.join(map(str, config.output_size[::-1])) if config.output_size else 'input'} "
-            f"size; {threads.describe() if threads else 'threads: torch default'}"]
+            f"input: {size}; outputs "
+            f"{'x'.join(map(str, config.output_size[::-1])) if config.output_size else 'at the input size'}; "
+            f"{threads.describe() if threads else 'threads: torch default'}"]
 
 
 def release_model(loaded: LoadedModel | None) -> None:

@@ -11,6 +11,8 @@ and can leave a half-destroyed node. :class:`ShutdownSignals` instead:
   down in order (the frame in the model finishes, within ``shutdown_timeout_s``);
 - during that shutdown, a signal within ``repeat_after_s`` of the first is the same Ctrl-C arriving twice (terminal
   and launch) and is ignored; a later one (a second Ctrl-C, launch escalating to SIGTERM) leaves at once, exit 0.
+
+Those two immediate exits use ``exit_code`` (0 for the node; mfuser-replay uses 130, the shell's code for Ctrl-C).
 """
 
 from __future__ import annotations
@@ -46,9 +48,10 @@ def leave_process(code: int) -> NoReturn:
 class ShutdownSignals:
     """Install with :meth:`install` as the first thing a node process does."""
 
-    def __init__(self, repeat_after_s: float = 1.0) -> None:
+    def __init__(self, repeat_after_s: float = 1.0, exit_code: int = 0) -> None:
         self.received: list[str] = []
         self.repeat_after_s = repeat_after_s
+        self.exit_code = exit_code  # of the two immediate exits (while starting; the later repeat)
         self._event = threading.Event()
         self._running = False
         self._first = 0.0
@@ -94,11 +97,11 @@ class ShutdownSignals:
         if not self._running:
             self.received.append(name)
             print(f"{name} while starting: exiting", file=sys.stderr, flush=True)
-            raise SystemExit(0)
+            raise SystemExit(self.exit_code)
         if self._event.is_set() and time.monotonic() - self._first >= self.repeat_after_s:
             print(f"{name} again: leaving now, without waiting for the shutdown to finish", file=sys.stderr,
                   flush=True)
-            leave_process(0)
+            leave_process(self.exit_code)
         self.received.append(name)
         self._first = self._first or time.monotonic()
         self._event.set()

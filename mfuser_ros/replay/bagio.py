@@ -14,6 +14,7 @@ closing it — also after Ctrl-C or an error — finishes the file, so partial r
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -336,6 +337,14 @@ class BagOutput:
         except WriterError as err:
             msg = f"{self.path}: cannot create output bag: {err}"
             raise MFuserError(msg) from err
+        storage = writer.storage
+        if isinstance(getattr(storage, "conn", None), sqlite3.Connection):
+            # rosbags (0.11, pinned) connects with Python's default check_same_thread=True, but the real-time replay
+            # writes labels from the worker thread, and every label was lost. Every use of the writer is under
+            # self._lock, so one connection shared by the two threads is safe; its schema is committed already.
+            storage.conn.close()
+            storage.conn = sqlite3.connect(f"file:{storage.path}", uri=True, check_same_thread=False)
+            storage.cursor = storage.conn.cursor()
         self._writer = writer
 
     def set_qos(self, topic: str, profiles: Sequence[Any]) -> None:

@@ -16,6 +16,7 @@ from mfuser_model.errors import MFuserError
 from mfuser_model.report import percent
 from mfuser_model.threads import add_threads_argument
 from mfuser_ros.node.config import load_node_config, node_config_from_params
+from mfuser_ros.node.shutdown import ShutdownSignals, leave_process
 from mfuser_ros.replay.options import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -134,23 +135,37 @@ def _print_result(result: ReplayResult) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``mfuser-replay`` (and ``ros2 run mfuser_ros mfuser_replay``)."""
-    args = build_parser().parse_args(argv)
+    """Entry point of ``mfuser-replay`` (and ``ros2 run mfuser_ros mfuser_replay``).
+
+    SIGINT and SIGTERM (``docker stop``, a scheduler's kill) are handled alike: while the model loads, the process
+    exits at once with 130 (no traceback, nothing written yet); once the replay runs, it stops after the frame in
+    progress and finishes the output bag and a report marked partial, exit 130; a second signal a second or more
+    later leaves at once, also 130.
+    """
+    signals = ShutdownSignals(exit_code=EXIT_INTERRUPTED).install()
     try:
+        args = build_parser().parse_args(argv)
         options = options_from_args(args)
         check_inputs(options)  # before torch and rosbags load: a mistyped path fails at once
         from mfuser_model.threads import apply_threads  # noqa: PLC0415
         from mfuser_ros.replay.runner import run_replay  # noqa: PLC0415 - torch, OpenCV, rosbags
 
         apply_threads(options.node.thread_option)  # before torch loads (see mfuser_model.threads)
-        result = run_replay(options)
+        result = run_replay(options, signals=signals)
     except MFuserError as err:
         print(f"mfuser-replay: error: {err}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("mfuser-replay: interrupted before any frame was replayed", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if not signals.requested:  # after a signal the process is on its way out: a repeat must not traceback
+            signals.restore()
     _print_result(result)
+    if signals.requested:
+        # Bag and report are finished. Leave without the interpreter's teardown (seconds for torch): Python gives
+        # SIGINT back to the system default there, so the second Ctrl-C of a double press would end it with -2.
+        leave_process(result.exit_code)
     return result.exit_code
 
 

@@ -132,8 +132,9 @@ class GroundTruthDir:
             if len(self.folders) > 1:
                 msg = (f"--gt-dir {self.root}: holds {len(flat)} label PNGs directly, but {len(self.folders)} "
                        f"cameras are replayed ({', '.join(c or '/' for c in self.folders)}) and "
-                       f"{', '.join(c or '/' for c in unmapped)} {'has' if len(unmapped) == 1 else 'have'} no "
-                       f"folder of its own: every camera would be scored against the same labels. Put each "
+                       f"{', '.join(c or '/' for c in unmapped)} "
+                       f"{'has no folder of its' if len(unmapped) == 1 else 'have no folder of their'} own: "
+                       "every camera would be scored against the same labels. Put each "
                        f"camera's labels in {self.root}/<camera>/ ("
                        f"{', '.join(c.strip('/') + '/' for c in self.folders if c.strip('/'))}), or replay one "
                        "camera (--topics)")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mfuser_model.errors import MFuserError
 from mfuser_model.fileio import atomic_path
-from mfuser_model.metrics import ConfusionMatrix
+from mfuser_model.metrics import ConfusionMatrix, MiouRule
 from mfuser_ros.replay.latency_sketch import LatencySketch
 
 __all__ = ["FrameLog", "FrameRecord", "read_frames_csv", "worst_frames"]
@@ -47,9 +47,13 @@ class FrameRecord:
 
 
 class FrameLog:
-    """The frames of one replay, in the order their outputs came back; scores attach later by (camera, stamp)."""
+    """The frames of one replay, in the order their outputs came back; scores attach later by (camera, stamp).
 
-    def __init__(self) -> None:
+    A frame's mIoU follows ``rule`` (the replay's ``--miou-rule``), as the run's own numbers do.
+    """
+
+    def __init__(self, rule: MiouRule = "mmseg") -> None:
+        self.rule = rule
         self.records: list[FrameRecord] = []
         self._by_key: dict[tuple[str, int], FrameRecord] = {}
 
@@ -64,7 +68,7 @@ class FrameLog:
         record = self._by_key.get((camera, stamp_ns))
         if record is not None:
             record.pixels = int(frame_matrix.counts_array().sum())
-            record.miou = frame_matrix.miou()
+            record.miou = frame_matrix.miou(self.rule)
             record.accuracy = frame_matrix.pixel_accuracy()
 
     def latency_sketches(self, relative_accuracy: float | None = None) -> dict[str, LatencySketch]:

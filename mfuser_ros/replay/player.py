@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mfuser_model.errors import MFuserError
@@ -11,6 +12,7 @@ from mfuser_ros.node.config import NodeConfig
 from mfuser_ros.node.conversions import message_to_rgb
 from mfuser_ros.node.model_loader import LoadedModel
 from mfuser_ros.node.pipeline import FrameWorker
+from mfuser_ros.node.shutdown import ShutdownSignals
 
 if TYPE_CHECKING:
     from mfuser_ros.replay.runner import _Run as Run
@@ -21,8 +23,12 @@ __all__ = ["Player", "drain"]
 class Player:
     """Feeds the bag's camera frames to the node's worker: back to back (evaluation) or at the recorded rate."""
 
-    def __init__(self, run: Run, worker: FrameWorker, loaded: LoadedModel, config: NodeConfig) -> None:
+    def __init__(self, run: Run, worker: FrameWorker, loaded: LoadedModel, config: NodeConfig,
+                 signals: ShutdownSignals | None = None) -> None:
         self.run = run
+        self.signals = signals
+        if signals is not None:
+            signals.running()  # before this, a signal ends the process at once (nothing is written yet)
         self.worker = worker
         self.loaded = loaded
         self.max_batch = config.max_batch
@@ -36,6 +42,17 @@ class Player:
             run.clock_ns = self.bag_clock
             worker.clock_ns = self.bag_clock
             worker.start()
+
+    def stopping(self) -> bool:
+        """A shutdown signal (SIGINT, SIGTERM) asked the replay to stop."""
+        return self.signals is not None and self.signals.requested
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep (real-time pacing), waking early on a shutdown signal; True when one came."""
+        if self.signals is None:
+            time.sleep(seconds)
+            return False
+        return self.signals.wait(seconds)
 
     def bag_clock(self) -> int:
         """The bag's time as it plays (``use_sim_time`` for the node)."""
@@ -57,8 +74,8 @@ class Player:
             if self.bag_t0 is None:
                 self.bag_t0, self.wall_t0 = timestamp, time.monotonic_ns()
             delay = (timestamp - self.bag_t0) / self.rate - (time.monotonic_ns() - self.wall_t0)
-            if delay > 0:
-                time.sleep(delay / 1e9)
+            if delay > 0 and self.wait(delay / 1e9):
+                return  # a shutdown signal: this frame stays unfinished
             if self.run.fatal is not None:
                 raise self.run.fatal
             self.worker.submit(camera, msg)
@@ -78,17 +95,17 @@ class Player:
         """Process what is left (evaluation) or wait for the worker to take every frame (real time)."""
         self.flush()
         if self.run.options.realtime:
-            drain(self.worker, self.run)
+            drain(self.worker, self.run, self.stopping)
             if self.run.fatal is not None:
                 raise self.run.fatal
 
 
-def drain(worker: FrameWorker, run: Run, timeout_s: float = 120.0) -> None:
-    """Wait until the worker has taken (processed, failed or dropped) every submitted frame."""
+def drain(worker: FrameWorker, run: Run, stopping: Callable[[], bool], timeout_s: float = 120.0) -> None:
+    """Wait until the worker has taken (processed, failed or dropped) every submitted frame, or a signal came."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         done = all(s.frames_out + s.errors + s.dropped >= s.frames_in for s in worker.stats)
-        if done or run.fatal is not None:
+        if done or run.fatal is not None or stopping():
             return
         time.sleep(0.005)
     run.progress.write("mfuser-replay: warning: the worker did not finish the last frames in time")

@@ -15,8 +15,8 @@ overlay, confidence and the ``<kind>/compressed`` topics), and ``<camera>/mfuser
 size, paired by stamp) when the bag has the camera's CameraInfo topic; ``metrics.json`` (with the legend);
 ``report.md``; ``montage.png``; ``frames.csv`` (one row per frame: latency, and the frame's mIoU and pixel accuracy
 where it met ground truth). Ground truth comes from label topics (``<camera>/ground_truth/labels``, mono8,
-matched by header stamp) or a folder of PNGs (``--gt-dir``). Ctrl-C, or a bag that breaks off, still leaves a
-valid bag and a report marked partial.
+matched by header stamp) or a folder of PNGs (``--gt-dir``). Ctrl-C, SIGTERM, or a bag that breaks off, still
+leaves a valid bag and a report marked partial.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from mfuser_ros.node.config import NodeConfig, output_topic
 from mfuser_ros.node.conversions import message_to_rgb
 from mfuser_ros.node.model_loader import LoadedModel, load_model
 from mfuser_ros.node.pipeline import CameraOutputs, FrameWorker, Wanted, stamp_ns
+from mfuser_ros.node.shutdown import ShutdownSignals
 from mfuser_ros.replay.bagio import (
     CAMERA_INFO_TYPE,
     COMPRESSED_TYPE,
@@ -178,7 +179,7 @@ class _Run:
         self.gt_failed = [0] * len(cameras)  # ground-truth messages that could not be used (corrupt, bad values)
         self.undecodable = [0] * len(cameras)  # camera messages whose bytes do not deserialize
         self.first_errors: dict[str, str] = {}  # topic -> its first unusable message's error
-        self.frame_log = FrameLog()
+        self.frame_log = FrameLog(options.miou_rule)
         per_camera = max(1, expected // max(1, len(cameras)))
         rows_per_camera = max(1, options.montage_rows // max(1, len(cameras)))
         self.montage = Montage(every=max(1, per_camera // rows_per_camera), max_rows=options.montage_rows,
@@ -393,6 +394,8 @@ def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: Nod
             "frames_out": stats.frames_out,
             "dropped": stats.dropped,
             "failed": stats.errors,
+            # read, but neither processed, failed nor dropped: the run stopped (Ctrl-C, SIGTERM) before them
+            "unfinished": max(0, run.read[i] - stats.frames_out - stats.errors - stats.dropped),
             "last_error": stats.last_error or None,
             "evaluated": evaluated,
             "gt_unmatched": (run.matchers[i].unmatched_preds if run.gt_dir is None else run.gt_missing[i]),
@@ -422,7 +425,8 @@ def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: Nod
         "miou_rule": options.miou_rule,
         "frames": {"read": sum(run.read), "processed": processed,
                    "dropped": sum(s.dropped for s in worker.stats), "failed": sum(s.errors for s in worker.stats),
-                   "evaluated": evaluated_total, "undecodable": sum(run.undecodable), "gt_failed": sum(run.gt_failed)},
+                   "unfinished": sum(c["unfinished"] for c in cams.values()), "evaluated": evaluated_total,
+                   "undecodable": sum(run.undecodable), "gt_failed": sum(run.gt_failed)},
         "unusable_messages": dict(run.first_errors),  # topic -> the first error
         "wall_s": wall_s,
         "throughput_fps": processed / wall_s if wall_s > 0 else 0.0,
@@ -439,7 +443,7 @@ def _summary(options: ReplayOptions, run: _Run, worker: FrameWorker, config: Nod
 
 
 def run_replay(options: ReplayOptions, *, loaded: LoadedModel | None = None,
-               on_frame: Callable[[int], None] | None = None) -> ReplayResult:
+               on_frame: Callable[[int], None] | None = None, signals: ShutdownSignals | None = None) -> ReplayResult:
     """Replay a bag through the node's frame pipeline and write the output bag and report.
 
     Args:
@@ -447,6 +451,8 @@ def run_replay(options: ReplayOptions, *, loaded: LoadedModel | None = None,
         loaded: an already loaded model (else built from ``options.node``).
         on_frame: called with the number of camera frames read so far, after each one is handed to the
             pipeline (tests interrupt here).
+        signals: SIGINT/SIGTERM handling (the CLI's), told when the replay runs; from then on a signal stops the
+            replay after the frame in progress, and the bag and report are finished, marked partial.
 
     Raises:
         ReplayError: no camera topics, unknown topics, or the output bag already exists.
@@ -498,7 +504,7 @@ def run_replay(options: ReplayOptions, *, loaded: LoadedModel | None = None,
         out_bag.open()
         for topic in [*cameras, *gt_topics, *run.info_topics]:  # copied inputs keep the QoS they were recorded with
             out_bag.set_qos(topic, topics[topic].qos)
-        player = Player(run, worker, loaded, config)
+        player = Player(run, worker, loaded, config, signals)  # from now on a signal stops the replay in order
         try:
             partial, exit_code = _play(bag, run, player, gt_topics, on_frame)
             if partial is None and (short := _frames_short(run, expected_counts, options.max_frames)):
@@ -526,6 +532,8 @@ def _play(bag: BagInput, run: _Run, player: Player, gt_topics: dict[str, int],
     try:
         topics = run.cameras + list(gt_topics) + list(run.info_topics)
         for timestamp, message in bag.messages(topics, on_undecodable=lambda t, _, e: run.unusable(t, e)):
+            if player.stopping():
+                break
             _copy_input(run.out_bag, bag, timestamp, message)
             if message.topic in gt_topics:
                 run.on_gt(gt_topics[message.topic], message)
@@ -542,13 +550,22 @@ def _play(bag: BagInput, run: _Run, player: Player, gt_topics: dict[str, int],
                 on_frame(frames_read)
             if run.options.max_frames and frames_read >= run.options.max_frames:
                 break
-        player.finish()
-        player.worker.camera_infos.finish()
+        if not player.stopping():
+            player.finish()
+            player.worker.camera_infos.finish()
     except KeyboardInterrupt:
-        return (f"interrupted (Ctrl-C) after {frames_read} camera frames; the rest of the bag was not replayed",
-                EXIT_INTERRUPTED)
+        return _interrupted("Ctrl-C", frames_read)
     except BagReadError as err:
+        if player.stopping():
+            return _interrupted(player.signals.reason, frames_read)
         player.finish()  # the frames read before the damage are whole: the last batch is processed too
         player.worker.camera_infos.finish()
         return f"the input bag breaks off: {err}", EXIT_BAG_DAMAGED
+    if player.stopping():
+        return _interrupted(player.signals.reason, frames_read)
     return None, EXIT_OK
+
+
+def _interrupted(why: str, frames_read: int) -> tuple[str, int]:
+    return (f"interrupted ({why}) after {frames_read} camera frames; the rest of the bag was not replayed "
+            "(frames read but not finished: frames.unfinished)", EXIT_INTERRUPTED)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from mfuser_model.errors import ConfigError
-from mfuser_ros.node.config import NodeConfig
-from mfuser_ros.node.model_loader import load_model, release_model
+from mfuser_ros.node.config import BUNDLED_MODEL, NodeConfig
+from mfuser_ros.node.model_loader import load_model, release_model, startup_summary
 
 torch = pytest.importorskip("torch")
 
@@ -51,3 +51,14 @@ def test_onnxruntime_decoder_backend_gives_the_torch_labels(tiny_model, tmp_path
     assert any(tmp_path.iterdir()), "the decoder export was cached in decoder_cache_dir"
     release_model(ort_model)
     assert ort_model.pipeline.segmenter is None
+
+
+def test_start_up_log_names_topics_model_file_preset_device_precision_backend_and_input_size():
+    text = "\n".join(startup_summary(NodeConfig(image_topics=("front/image_raw",), checkpoint=BUNDLED_MODEL,
+                                                 precision="bf16", inference_mode="slide", network_image_width=1280,
+                                                 network_image_height=720)))
+    for part in ("in front/image_raw", "out front/mfuser/", "models/tiny-eva02-synthetic.safetensors",
+                 "preset tiny-eva02", "device cpu", "precision bf16", "decoder backend torch", "1280x720",
+                 "slide windows 512 stride 341"):
+        assert part in text, (part, text)
+    assert "RANDOM WEIGHTS" in startup_summary(NodeConfig(allow_random_weights=True))[1]

@@ -48,6 +48,16 @@ def test_invalid_parameter_fails_configure(context):
         node.destroy_node()
 
 
+def test_no_checkpoint_is_refused_at_activate_unless_asked(context):
+    node = make_node(context, allow_random_weights=False)  # checkpoint "" (the default): random weights
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.FAILURE
+        assert node.model is None
+    finally:
+        node.destroy_node()
+
+
 def test_image_in_labels_out_with_the_input_header(context):
     node = make_node(context)
     peer = rclpy.create_node("camera", context=context)
