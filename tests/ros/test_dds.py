@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("cyclonedds", reason="cyclonedds is part of the [ros] extra")
+from cyclonedds.internal import InvalidSample
 
 from mfuser_model.classes import CITYSCAPES_CLASSES
 from mfuser_ros.node.conversions import image_to_rgb
@@ -159,11 +160,16 @@ class Camera:
         self.diagnostics = reader("/diagnostics", DiagnosticArray_, depth=50)
         self.reader = reader
 
+    @staticmethod
+    def take(reader, n: int = 100) -> list:
+        """The valid samples of one take: a writer that leaves (the node exiting) hands readers an InvalidSample."""
+        return [s for s in reader.take(N=n) if not isinstance(s, InvalidSample)]
+
     def collect(self, reader, until, timeout: float) -> list:
         got = []
 
         def poll():
-            got.extend(reader.take(N=100))
+            got.extend(self.take(reader))
             return until(got)
 
         wait_until(poll, timeout)
@@ -231,7 +237,7 @@ def send_until_reply(writer, make_msg, reader, match, attempts: int = 20, period
         writer.write(make_msg())
         end = time.monotonic() + period
         while time.monotonic() < end:
-            replies.extend(reader.take(N=50))
+            replies.extend(Camera.take(reader, 50))
             if any(match(r) for r in replies):
                 return replies
             time.sleep(0.02)
@@ -477,9 +483,9 @@ def test_a_worker_that_dies_is_fatal_and_visible():
         deadline = time.monotonic() + 30.0
         while proc.poll() is None and time.monotonic() < deadline:
             camera.front.write(rgb_image(Time_(1, 0)))
-            levels += [s.level for a in camera.diagnostics.take(N=50) for s in a.status]
+            levels += [s.level for a in camera.take(camera.diagnostics, 50) for s in a.status]
             time.sleep(0.1)
-        levels += [s.level for a in camera.diagnostics.take(N=50) for s in a.status]
+        levels += [s.level for a in camera.take(camera.diagnostics, 50) for s in a.status]
         _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
@@ -513,7 +519,7 @@ def test_shutdown_while_a_frame_is_in_the_model_exits_0():
 
         def received() -> bool:
             return any(kv.key == "frames_in" and kv.value == "1"
-                       for a in camera.diagnostics.take(N=50) for s in a.status for kv in s.values)
+                       for a in camera.take(camera.diagnostics, 50) for s in a.status for kv in s.values)
 
         assert wait_until(received, 20.0), "the node never received the frame"
         proc.send_signal(signal.SIGINT)  # the frame is in the model now
