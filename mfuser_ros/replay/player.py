@@ -38,10 +38,15 @@ class Player:
         self.bag_t0: int | None = None
         self.wall_t0 = 0
         self.rate = run.options.rate
+        self.recorded_ns = 0  # log time of the newest frame handed to the model (evaluation mode)
         if run.options.realtime:
             run.clock_ns = self.bag_clock
             worker.clock_ns = self.bag_clock
             worker.start()
+        else:
+            # The node's clock-skew check (stamp far from "now") against the time the frame was recorded: a bag
+            # replayed days later is not skewed, a camera that stamped sec=0 on the vehicle still is.
+            worker.clock_ns = self.recorded_clock
 
     def stopping(self) -> bool:
         """A shutdown signal (SIGINT, SIGTERM) asked the replay to stop."""
@@ -53,6 +58,10 @@ class Player:
             time.sleep(seconds)
             return False
         return self.signals.wait(seconds)
+
+    def recorded_clock(self) -> int:
+        """The bag's time at the newest frame of the batch in the model (evaluation mode's "now")."""
+        return self.recorded_ns
 
     def bag_clock(self) -> int:
         """The bag's time as it plays (``use_sim_time`` for the node)."""
@@ -84,6 +93,7 @@ class Player:
         if any(c == camera for c, _ in self.batch) or len(self.batch) >= self.max_batch:
             self.flush()
         self.batch.append((camera, msg))
+        self.recorded_ns = max(self.recorded_ns, timestamp)
 
     def flush(self) -> None:
         """Process the frames waiting for a batch."""

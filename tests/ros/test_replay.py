@@ -341,3 +341,22 @@ def test_flat_ground_truth_of_one_camera_report_states_what_was_measured(tmp_pat
     # stderr is no terminal here: progress comes as log lines, the last one with the total.
     err = capsys.readouterr().err
     assert "mfuser-replay: 1/2 frames (50.0%)" in err and "mfuser-replay: 2/2 frames (100.0%)" in err
+
+
+def test_clock_skew_is_judged_against_the_recording_time_not_the_wall_clock(tmp_path, msgs, typestore, tiny_model,
+                                                                            capsys):
+    # Recorded in 2023 and replayed now: not skew. A camera that stamped sec=0 on the vehicle: skew, as the node saw.
+    with rosbag2.Writer(tmp_path / "old_drive", version=9) as w:
+        front = w.add_connection("/front/image_raw", IMAGE, typestore=typestore)
+        side = w.add_connection("/side/image_raw", IMAGE, typestore=typestore)
+        for i in range(2):
+            t = T0 + i * 100_000_000
+            header = msgs.header(sec=t // 10**9, nanosec=t % 10**9, frame_id="front")
+            w.write(front, t, typestore.serialize_cdr(msgs.image(scene(48, 64, seed=i), "rgb8", header), IMAGE))
+            unsynced = msgs.header(sec=0, nanosec=i, frame_id="side")
+            w.write(side, t + 5, typestore.serialize_cdr(msgs.image(scene(48, 64, seed=9), "rgb8", unsynced), IMAGE))
+    result = run_replay(options(tmp_path / "old_drive", tmp_path / "report"), loaded=tiny_model)
+    assert result.exit_code == 0 and result.summary["frames"]["processed"] == 4
+    err = capsys.readouterr().err
+    assert "camera '/side': header stamp is 1.7e+09 s behind" in err
+    assert "camera '/front'" not in err
