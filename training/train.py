@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from mfuser_model.errors import MFuserError
-from mfuser_model.report import percent
 from mfuser_model.resources import require_file
 from mfuser_model.threads import add_threads_argument, apply_threads
 
@@ -98,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MFuserError as err:
         print(f"mfuser-train: {err}", file=sys.stderr)
         return 2
+    from mfuser_model.report import percent  # noqa: PLC0415 - numpy: after training, so that --help stays fast
+
     summary = ", ".join(f"{k} {percent(v)}" for k, v in result.eval.items())
     print(f"done: {result.iterations} iterations in {result.run_dir}; model {result.model_path}"
           + (f"; mIoU {summary}" if summary else ""))

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dds: cyclonedds, no ROS 2 needed; ros: the rclpy lifecycle node")
     parser.add_argument("--config", type=Path, help="ROS 2 parameter file (default: built-in defaults)")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
-                        help="override one parameter; VALUE is YAML (repeatable)")
+                        help="override one parameter (NAME:=VALUE also taken); VALUE is YAML (repeatable)")
     parser.add_argument("--namespace", default="/", help="node namespace for relative topic names")
     parser.add_argument("--node-name", default="mfuser_node")
     parser.add_argument("--domain-id", type=int, default=int(os.environ.get("ROS_DOMAIN_ID", "0")),
@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until ^C)")
     add_threads_argument(parser)  # the same as -p threads=N (both transports); default: the 'threads' parameter
     return parser
+
+
+def _plain_override(item: str) -> str:
+    """``NAME:=VALUE`` -> ``NAME=VALUE``; ``NAME=VALUE`` unchanged (a ``:=`` inside a value stays)."""
+    name, sep, value = item.partition(":=")
+    return f"{name}={value}" if sep and "=" not in name else item
 
 
 def _config(args: argparse.Namespace) -> NodeConfig:
@@ -146,6 +152,8 @@ def ros_node_main() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mfuser-node``; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    # ROS's spelling NAME:=VALUE (what ros2 run takes, and what the node's own messages show) is taken as NAME=VALUE.
+    args.param = [_plain_override(item) for item in args.param]
     if args.threads is not None:
         args.param.append(f"threads={args.threads}")
     if args.transport == "ros":

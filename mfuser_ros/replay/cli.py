@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mfuser_model.errors import MFuserError
-from mfuser_model.report import percent
 from mfuser_model.threads import add_threads_argument
 from mfuser_ros.node.config import load_node_config, node_config_from_params
 from mfuser_ros.node.shutdown import ShutdownSignals, leave_process
@@ -111,6 +110,9 @@ def options_from_args(args: argparse.Namespace) -> ReplayOptions:
 
 
 def _print_result(result: ReplayResult) -> None:
+    # numpy comes with mfuser_model.report: imported here, after the replay, so that --help stays fast.
+    from mfuser_model.report import percent  # noqa: PLC0415
+
     s = result.summary
     overall = s["overall"]["metrics"]
     lat = s["overall"]["latency_ms"]

@@ -23,3 +23,11 @@ def test_no_checkpoint_is_refused_before_the_model_loads_naming_the_overrides(ca
     assert main(["--transport", "dds", "-p", "checkpoint=''", "-p", "image_topics=[cam/image_raw]"]) == 2
     err = capsys.readouterr().err
     assert "random weights" in err and "allow_random_weights:=true" in err and "Traceback" not in err
+
+
+def test_ros_spelling_of_a_parameter_is_taken(capsys):
+    # The refusal above (shared with the rclpy node) spells overrides as ROS does, NAME:=VALUE: mfuser-node must
+    # take that spelling too, not report an unknown key 'checkpoint:'.
+    assert main(["--transport", "dds", "-p", "checkpoint:=''", "-p", "image_topics:=[cam/image_raw]"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key" not in err and "random weights" in err, err
