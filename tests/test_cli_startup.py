@@ -58,7 +58,7 @@ def test_help_imports_no_torch(name):
         assert "--threads" in result["out"] or name == "mfuser-replay-fleet", f"{name} has no --threads option"
 
 
-# The README's start-up figure (0.07-0.11 s for --help) holds only without numpy (~0.1 s to import on these
+# The README's start-up figure for --help holds only without numpy (~0.1 s to import on these
 # machines); these CLIs need it only after their work, to print a summary.
 @pytest.mark.parametrize("name", ["mfuser-replay", "mfuser-train", "mfuser-segment", "mfuser-convert"])
 def test_help_imports_no_numpy(name):
